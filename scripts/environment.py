@@ -1,0 +1,15 @@
+"""Rule environment: env/environment.txt (pip freeze), conda exports, lock file, system.json."""
+
+from pathlib import Path
+
+from snakemaps.env import snapshot
+from snakemaps.steps import run_step
+
+
+def main(smk):
+    maps_dir = Path(smk.output.txt).parent.parent
+    run_step(smk, snapshot, maps_dir=maps_dir, project_dir=Path(smk.scriptdir).parent)
+
+
+if __name__ == "__main__":
+    main(snakemake)  # noqa: F821

@@ -1,0 +1,1 @@
+"""Input data: the synthetic demo cohort and image loading."""

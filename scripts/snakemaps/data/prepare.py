@@ -1,0 +1,130 @@
+"""Turn each image into a float tensor once (the tensor cache), like ClinicaDL's extract.
+
+Training then reads small ``.pt`` files instead of decoding NIfTI every epoch.
+The cache is reused across runs: an image is converted again only when its
+source file is newer than its cached tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import io
+from ..errors import UserError
+from .table import read_table
+
+logger = logging.getLogger("snakemaps.data.prepare")
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Load a 3D (or 4D with one channel) image as float32; raise UserError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path} (check the image column of your table)")
+    name = path.name
+    try:
+        if name.endswith((".nii", ".nii.gz")):
+            import nibabel as nib
+
+            array = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+        elif name.endswith(".npy"):
+            array = np.load(path, allow_pickle=False)
+        elif name.endswith(".pt"):
+            import torch
+
+            array = torch.load(path, map_location="cpu", weights_only=True).numpy()
+        else:
+            raise UserError(
+                f"unsupported image format: {path}; use .nii, .nii.gz, .npy or .pt"
+            )
+    except UserError:
+        raise
+    except Exception as error:  # any decoder failure means an unreadable image
+        raise UserError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
+    array = np.asarray(array, dtype=np.float32)
+    if array.ndim == 4 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 4 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 3:
+        raise UserError(f"image {path} has shape {array.shape}; expected a 3D volume")
+    if not np.isfinite(array).all():
+        raise UserError(f"image {path} contains NaN or infinite values")
+    return array
+
+
+def min_max(array: np.ndarray) -> np.ndarray:
+    low, high = float(array.min()), float(array.max())
+    return (array - low) / (high - low) if high > low else np.zeros_like(array)
+
+
+def prepare_cache(
+    table: str | Path, cache_dir: str | Path, manifest: str | Path, label: str = "label",
+    key: str = "data.tsv",
+) -> Path:
+    """Convert every image of ``table`` to ``cache_dir/<participant>_<session>.pt``.
+
+    Writes ``manifest`` (the table plus a ``tensor`` column relative to the
+    manifest's folder). All images must share one shape.
+    """
+    import torch
+
+    frame = read_table(table, label=label, key=key)
+    cache_dir, manifest = Path(cache_dir), Path(manifest)
+    tensors, shape, reused, started = [], None, 0, time.monotonic()
+    for i, row in enumerate(frame.itertuples(index=False)):
+        target = cache_dir / f"{row.participant_id}_{row.session_id}.pt"
+        source = Path(row.image)
+        if not source.is_file():
+            raise UserError(
+                f"{table}: image not found for {row.participant_id} {row.session_id}: {source}"
+            )
+        if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
+            tensor_shape = tuple(torch.load(target, weights_only=True, mmap=True).shape[1:])
+            reused += 1
+        else:
+            array = min_max(load_image(source))
+            tensor_shape = array.shape
+            io.torch_save(target, torch.from_numpy(array[None]).contiguous(), fsync=False)
+        if shape is None:
+            shape = tensor_shape
+        elif tensor_shape != shape:
+            raise UserError(
+                f"image {source} has shape {tensor_shape} but earlier images have {shape}; "
+                "all images of a data set must share one shape (resample them first)"
+            )
+        tensors.append(os.path.relpath(target.resolve(), manifest.parent.resolve()))
+        if (i + 1) % 50 == 0:
+            logger.info("prepared %d/%d images", i + 1, len(frame))
+    frame["tensor"] = tensors
+    io.write_json(info_path(manifest), {"shape": [1, *shape], "n_images": len(frame)})
+    io.write_tsv(manifest, frame)
+    logger.info(
+        "tensor cache ready: %d images of shape %s (%d reused) in %.1f s -> %s",
+        len(frame), shape, reused, time.monotonic() - started, manifest,
+    )
+    return manifest
+
+
+def info_path(manifest: str | Path) -> Path:
+    """``<manifest>.json``: the cached tensors' shape (channel first) and count."""
+    return Path(manifest).with_suffix(".json")
+
+
+def read_manifest(manifest: str | Path) -> pd.DataFrame:
+    """A prepared table with absolute ``tensor`` paths."""
+    manifest = Path(manifest)
+    frame = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
+    frame["tensor"] = [str((manifest.parent / t).resolve()) for t in frame["tensor"]]
+    return frame
+
+
+def covariate_columns(frame: pd.DataFrame) -> list[str]:
+    return [c for c in frame.columns if c not in ("participant_id", "session_id", "label",
+                                                   "image", "tensor")]

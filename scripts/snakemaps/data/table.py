@@ -1,0 +1,66 @@
+"""Read and check a table of images (participant_id, session_id, label, image, ...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import UserError
+
+REQUIRED_COLUMNS = ("participant_id", "session_id", "image")
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".npy", ".pt")
+
+
+def read_table(path: str | Path, label: str = "label", key: str = "data.tsv") -> pd.DataFrame:
+    """Load ``path`` and check it; image paths are made absolute.
+
+    Raises UserError naming the file, the column or the rows at fault.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(
+            f"{key}: table not found: {path}. Set {key} to an existing TSV file "
+            "(columns participant_id, session_id, label, image)."
+        )
+    try:
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise UserError(f"{key}: cannot parse {path} as a tab-separated table: {error}") from None
+    missing = [c for c in (*REQUIRED_COLUMNS, label) if c not in frame.columns]
+    if missing:
+        raise UserError(
+            f"{path}: missing required column(s) {', '.join(missing)}; found columns "
+            f"{', '.join(frame.columns)}. The table needs participant_id, session_id, "
+            f"{label} and image (separated by tabs)."
+        )
+    if frame.empty:
+        raise UserError(f"{path}: the table has no rows")
+    for column in (*REQUIRED_COLUMNS, label):
+        empty = frame.index[frame[column].str.strip() == ""]
+        if len(empty):
+            rows = ", ".join(str(i + 2) for i in empty[:5])
+            raise UserError(f"{path}: empty {column!r} on line(s) {rows}; fill them in")
+    duplicated = frame[frame.duplicated(["participant_id", "session_id"], keep=False)]
+    if not duplicated.empty:
+        pairs = sorted({f"{p}/{s}" for p, s in zip(duplicated.participant_id, duplicated.session_id)})
+        raise UserError(
+            f"{path}: duplicate (participant_id, session_id) pair(s): {', '.join(pairs[:10])}; "
+            "each session must appear once"
+        )
+    frame = frame.rename(columns={label: "label"}) if label != "label" else frame
+    frame["image"] = [str(resolve_image(path.parent, image)) for image in frame["image"]]
+    return frame.sort_values(["participant_id", "session_id"], kind="stable").reset_index(
+        drop=True
+    )
+
+
+def resolve_image(folder: Path, image: str) -> Path:
+    image_path = Path(image)
+    return image_path if image_path.is_absolute() else (folder / image_path).resolve()
+
+
+def baseline_sessions(frame: pd.DataFrame) -> pd.DataFrame:
+    """The first session (in session_id order) of each participant."""
+    ordered = frame.sort_values(["participant_id", "session_id"], kind="stable")
+    return ordered.drop_duplicates("participant_id", keep="first")

@@ -1,0 +1,87 @@
+"""Create a MAPS for an experiment: root configuration files, then the split."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from . import io
+from .errors import UserError
+from .data.prepare import info_path
+from .maps import Maps
+from .models.description import resolve_description
+from .split import make_splits
+
+
+def model_json(model: Mapping[str, Any], train: Mapping[str, Any], input_shape: list[int],
+               classes: list[str]) -> dict[str, Any]:
+    description = resolve_description(model, input_shape, len(classes))
+    return {
+        "name_": "ClassificationModel",
+        "network": {"name_": "CNN", **description},
+        "loss": {"name_": "CrossEntropyLoss"},
+        "optimizer": {
+            "name_": train["optimizer"],
+            "lr": train["learning_rate"],
+            "weight_decay": train["weight_decay"],
+        },
+        "input_shape": input_shape,
+        "classes": classes,
+    }
+
+
+def callbacks_json(train: Mapping[str, Any]) -> dict[str, Any]:
+    stopping = train["early_stopping"]
+    return {
+        "callbacks": {
+            "ModelCheckpoint": {"name_": "ModelCheckpoint", "metrics": train["monitor"],
+                                "epochs": train["save_epochs"], "save_last": True},
+            "EarlyStopping": {"name_": "EarlyStopping", **stopping},
+            "LRScheduler": {"name_": "LRScheduler", **train["lr_scheduler"]},
+            "ComputationalMonitor": {"name_": "ComputationalMonitor"},
+            "ProgressLogger": {"name_": "ProgressLogger"},
+            "ResumeCheckpoint": {"name_": "ResumeCheckpoint", "every": train["checkpoint_every"]},
+        }
+    }
+
+
+def optimization_json(train: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name_": "OptimizationConfig",
+        "num_epochs": train["epochs"],
+        "accumulation_steps": train["accumulation_steps"],
+        "evaluation_interval": train["evaluation_interval"],
+        "clip_grad_norm": train["clip_grad_norm"],
+        "grad_norm_type": 2.0,
+        "clip_grad_value": None,
+        "reset_model": False,
+    }
+
+
+def create_maps(
+    maps_dir: str | Path, manifest: str | Path, test_manifests: Mapping[str, str | Path], *,
+    split: Mapping[str, Any], model: Mapping[str, Any], train: Mapping[str, Any],
+) -> Path:
+    """Write the MAPS root files and ``training/data``; return the split manifest path."""
+    from .train.metrics import check_metric_names, metrics_json
+
+    check_metric_names(train["metrics"], "train.metrics")
+    check_metric_names(train["monitor"], "train.monitor")
+    missing = sorted(set(train["monitor"]) - set(train["metrics"]))
+    if missing:
+        raise UserError(f"train.monitor: {missing} must also be listed in train.metrics")
+    manifest_path = make_splits(
+        maps_dir, manifest, test_manifests, n_splits=split["n_splits"], seed=split["seed"],
+        validation_fraction=split["validation_fraction"], longitudinal=split["longitudinal"],
+        batch_size=train["batch_size"], num_workers=train["num_workers"],
+    )
+    classes = io.read_json(manifest_path)["classes"]
+    shape = io.read_json(info_path(manifest))["shape"]
+    Maps(maps_dir).create(
+        model=model_json(model, train, shape, classes),
+        metrics=metrics_json(train["metrics"]),
+        callbacks=callbacks_json(train),
+        optimization=optimization_json(train),
+    )
+    return manifest_path

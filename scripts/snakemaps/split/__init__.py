@@ -1,0 +1,234 @@
+"""Participant-level stratified splits, leakage checks, and the split manifest.
+
+Every session of a participant lands on one side. The manifest
+(``training/data/split_manifest.json``) records the parameters, the
+participants of each side and a content hash that training, validation and
+test check before they run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .. import io
+from ..errors import UserError
+from ..maps import Maps
+
+logger = logging.getLogger("snakemaps.split")
+
+KEY_COLUMNS = ["participant_id", "session_id"]
+
+
+def participant_labels(frame: pd.DataFrame) -> pd.Series:
+    """One label per participant: the label of the baseline (first) session."""
+    ordered = frame.sort_values(KEY_COLUMNS, kind="stable")
+    return ordered.drop_duplicates("participant_id").set_index("participant_id")["label"]
+
+
+def check_splittable(labels: pd.Series, n_splits: int, source: str) -> None:
+    counts = labels.value_counts()
+    if len(counts) < 2:
+        raise UserError(
+            f"{source}: only one class ({', '.join(map(str, counts.index))}) in the label "
+            "column; classification needs at least two"
+        )
+    smallest = counts.min()
+    needed = max(n_splits, 2)
+    if smallest < needed:
+        raise UserError(
+            f"split.n_splits = {n_splits} needs at least {needed} participants per class, but "
+            f"class {counts.idxmin()!r} has {smallest} in {source}; lower split.n_splits or "
+            "add participants"
+        )
+
+
+def assign_splits(
+    frame: pd.DataFrame, n_splits: int, seed: int, validation_fraction: float = 0.2
+) -> list[tuple[list[str], list[str]]]:
+    """(train participants, validation participants) for each split."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
+
+    labels = participant_labels(frame)
+    if n_splits == 1:
+        splitter = StratifiedShuffleSplit(
+            n_splits=1, test_size=validation_fraction, random_state=seed
+        )
+        ids = labels.index.to_numpy()
+        folds = [(ids[tr], ids[va]) for tr, va in splitter.split(ids, labels.to_numpy())]
+    else:
+        # Group-aware: a participant's sessions never straddle a fold boundary.
+        stratify = frame["participant_id"].map(labels).to_numpy()
+        groups = frame["participant_id"].to_numpy()
+        splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        folds = [
+            (np.unique(groups[tr]), np.unique(groups[va]))
+            for tr, va in splitter.split(frame, stratify, groups)
+        ]
+    return [(sorted(map(str, tr)), sorted(map(str, va))) for tr, va in folds]
+
+
+def check_leakage(sides: Mapping[str, set[str]]) -> None:
+    """Raise UserError if any participant appears on two sides."""
+    names = list(sides)
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            shared = sorted(sides[first] & sides[second])
+            if shared:
+                shown = ", ".join(shared[:20]) + (" ..." if len(shared) > 20 else "")
+                raise UserError(
+                    f"data leakage: {len(shared)} participant(s) appear in both {first} and "
+                    f"{second}: {shown}. Remove them from one of the two tables."
+                )
+
+
+def content_hash(obj: Any) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def dataloader_description(batch_size: int, shuffle: bool, num_workers: int) -> dict[str, Any]:
+    return {
+        "name_": "DataLoaderConfig",
+        "batch_size": batch_size,
+        "sampling_weights": None,
+        "shuffle": shuffle,
+        "num_workers": num_workers,
+        "pin_memory": True,
+        "drop_last": False,
+        "prefetch_factor": None,
+        "persistent_workers": False,
+        "collate_fn": None,
+    }
+
+
+def dataset_description(frame: pd.DataFrame, manifest: Path, classes: list[str]) -> dict:
+    return {
+        "name_": "CachedImages",
+        "cache_manifest": str(Path(manifest).resolve()),
+        "label": "label",
+        "classes": classes,
+        "n_images": int(len(frame)),
+        "n_participants": int(frame["participant_id"].nunique()),
+    }
+
+
+def public_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in ("image", "tensor") if c in frame.columns])
+
+
+def make_splits(
+    maps_dir: str | Path,
+    manifest: str | Path,
+    test_manifests: Mapping[str, str | Path],
+    *,
+    n_splits: int,
+    seed: int,
+    validation_fraction: float,
+    longitudinal: bool,
+    batch_size: int,
+    num_workers: int,
+) -> Path:
+    """Split the prepared table and write ``training/data/`` of the MAPS."""
+    from ..data.prepare import read_manifest
+
+    maps = Maps(maps_dir)
+    frame = read_manifest(manifest)
+    labels = participant_labels(frame)
+    check_splittable(labels, n_splits, str(manifest))
+    classes = sorted(labels.unique())
+    train_ids = set(frame["participant_id"])
+    tests = {name: read_manifest(path) for name, path in test_manifests.items()}
+    check_leakage(
+        {"the training table": train_ids}
+        | {f"test group {name!r}": set(t["participant_id"]) for name, t in tests.items()}
+    )
+    for name, test in tests.items():
+        unknown = sorted(set(test["label"]) - set(classes))
+        if unknown:
+            raise UserError(
+                f"test group {name!r}: label(s) {unknown} do not occur in the training table "
+                f"(classes {classes})"
+            )
+
+    folds = assign_splits(frame, n_splits, seed, validation_fraction)
+    data = maps.training.data
+    splits: dict[str, dict[str, list[str]]] = {}
+    for k, (train, validation) in enumerate(folds):
+        check_leakage({"train": set(train), "validation": set(validation)})
+        train_rows = frame[frame["participant_id"].isin(train)]
+        val_rows = frame[frame["participant_id"].isin(validation)]
+        if not longitudinal:
+            val_rows = val_rows.sort_values(KEY_COLUMNS).drop_duplicates("participant_id")
+        for subset, rows, shuffle in (
+            (data.train.splits[k], train_rows, True),
+            (data.validation.splits[k], val_rows, False),
+        ):
+            maps.save_file(public_columns(rows), subset.data_tsv, overwrite=True)
+            maps.save_file(dataset_description(rows, manifest, classes), subset.dataset_json,
+                           overwrite=True)
+            maps.save_file(dataloader_description(batch_size, shuffle, num_workers),
+                           subset.dataloader_json, overwrite=True)
+        splits[str(k)] = {
+            "train": list(zip(train_rows.participant_id, train_rows.session_id)),
+            "validation": list(zip(val_rows.participant_id, val_rows.session_id)),
+        }
+        logger.info(
+            "split-%d: %d train images (%d participants), %d validation images (%d participants)",
+            k, len(train_rows), len(train), len(val_rows), len(validation),
+        )
+    with io.locked(data.data_tsv):
+        maps.save_file(public_columns(frame), data.data_tsv, overwrite=True)
+    content = {
+        "n_splits": n_splits,
+        "seed": seed,
+        "validation_fraction": validation_fraction if n_splits == 1 else None,
+        "longitudinal": longitudinal,
+        "classes": classes,
+        "cache_manifest": str(Path(manifest).resolve()),
+        "test_groups": {name: sorted(set(t["participant_id"])) for name, t in tests.items()},
+        "splits": splits,
+    }
+    maps.save_file({**content, "hash": content_hash(content)}, data.split_manifest_json,
+                   overwrite=True)
+    logger.info("wrote %d split(s) to %s", len(folds), data.path)
+    return data.split_manifest_json
+
+
+def load_manifest(maps_dir: str | Path) -> dict[str, Any]:
+    """Read the split manifest and check its hash; UserError if missing or altered."""
+    path = Maps(maps_dir).training.data.split_manifest_json
+    if not path.exists():
+        raise UserError(f"missing split manifest {path}: run the split rule first")
+    manifest = io.read_json(path)
+    recorded = manifest.pop("hash", None)
+    if recorded != content_hash(manifest):
+        raise UserError(
+            f"{path} was altered after the split (hash mismatch); rerun the split rule "
+            "(snakemake --forcerun split)"
+        )
+    manifest["hash"] = recorded
+    return manifest
+
+
+def split_frame(maps_dir: str | Path, split: int, side: str) -> pd.DataFrame:
+    """The prepared rows (with tensor paths) of one side of one split."""
+    from ..data.prepare import read_manifest
+
+    manifest = load_manifest(maps_dir)
+    if str(split) not in manifest["splits"]:
+        raise UserError(
+            f"split {split} does not exist in {maps_dir} (it has "
+            f"{len(manifest['splits'])}); check split.n_splits"
+        )
+    pairs = {tuple(p) for p in manifest["splits"][str(split)][side]}
+    frame = read_manifest(manifest["cache_manifest"])
+    keep = [(p, s) in pairs for p, s in zip(frame.participant_id, frame.session_id)]
+    return frame[keep].reset_index(drop=True)

@@ -1,0 +1,164 @@
+"""Training of one split (torch is imported only when a function here is called)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ..maps import Maps
+
+logger = logging.getLogger("snakemaps.train")
+
+# Settings that change how a run computes but not what it computes: a resume
+# may use other values (another GPU node, more threads).
+NON_SEMANTIC = ("device", "num_workers", "compile")
+
+
+def build_optimizer(name: str, parameters: Any, lr: float, weight_decay: float) -> Any:
+    import torch
+
+    if name == "SGD":
+        return torch.optim.SGD(parameters, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    return getattr(torch.optim, name)(parameters, lr=lr, weight_decay=weight_decay)
+
+
+def build_scheduler(optimizer: Any, config: Mapping[str, Any], epochs: int) -> Any:
+    from torch.optim import lr_scheduler
+
+    name = config.get("name")
+    if name is None:
+        return None
+    if name == "StepLR":
+        return lr_scheduler.StepLR(optimizer, step_size=config["step_size"], gamma=config["gamma"])
+    if name == "CosineAnnealingLR":
+        return lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    return lr_scheduler.ReduceLROnPlateau(optimizer, factor=config["gamma"])
+
+
+def train_split(maps_dir: str | Path, split: int, train: Mapping[str, Any], threads: int = 1) -> Path:
+    """Train split ``split`` of the MAPS (resuming from tmp/ if a checkpoint exists).
+
+    ``train`` is the ``train`` section of the configuration. The network comes
+    from the MAPS's ``model.json``; the data from the split manifest.
+    """
+    import torch
+
+    from .. import io
+    from ..data.dataset import CachedImages
+    from ..models.network import build_network, summary
+    from ..split import load_manifest, split_frame
+    from .callbacks import (
+        ComputationalMonitor,
+        EarlyStopping,
+        LRScheduler,
+        ModelCheckpoint,
+        ProgressLogger,
+        ResumeCheckpoint,
+    )
+    from .trainer import Settings, Trainer, fingerprint, resolve_device, seed_everything
+
+    maps = Maps(maps_dir)
+    split_dir = maps.split(split)
+    torch.set_num_threads(threads)
+    device = resolve_device(train["device"])
+    seed = train["seed"] + split
+    seed_everything(seed, train["deterministic"])
+    manifest = load_manifest(maps_dir)
+    model = io.read_json(maps.model_json)
+    classes = model["classes"]
+    train_data = CachedImages(split_frame(maps_dir, split, "train"), classes)
+    val_data = CachedImages(split_frame(maps_dir, split, "validation"), classes)
+
+    network = build_network(model["network"])
+    channels_last = train["channels_last"]
+    network = network.to(device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    with io.locked(maps.nn_summary_txt):
+        if not maps.nn_summary_txt.exists():
+            Maps.save_file(summary(network, model["input_shape"]), maps.nn_summary_txt)
+            Maps.save_file(str(network) + "\n", maps.architecture_log, overwrite=True)
+    optimizer = build_optimizer(train["optimizer"], network.parameters(), train["learning_rate"],
+                                train["weight_decay"])
+    scheduler = build_scheduler(optimizer, train["lr_scheduler"], train["epochs"])
+    if train["compile"]:
+        network = torch.compile(network)
+
+    cuda = device.type == "cuda"
+    callbacks = [
+        ModelCheckpoint(list(train["monitor"]), list(train["save_epochs"])),
+        LRScheduler(scheduler, train["optimizer"],
+                    split_dir.logs.learning_rate_tsv(train["optimizer"])),
+        ComputationalMonitor(split_dir.logs.computational_tsv, cuda),
+        ProgressLogger(),
+    ]
+    stopping = train["early_stopping"]
+    if stopping["patience"]:
+        callbacks.insert(1, EarlyStopping(stopping["metric"], stopping["patience"],
+                                          stopping["tolerance"]))
+    callbacks.append(ResumeCheckpoint(train["checkpoint_every"]))
+
+    settings = Settings(
+        epochs=train["epochs"], batch_size=train["batch_size"], device=device,
+        amp=train["amp"], channels_last=channels_last,
+        accumulation_steps=train["accumulation_steps"], clip_grad_norm=train["clip_grad_norm"],
+        evaluation_interval=train["evaluation_interval"], seed=seed,
+        deterministic=train["deterministic"], num_workers=train["num_workers"],
+    )
+    semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
+    trainer = Trainer(
+        maps=maps, split=split, network=network, optimizer=optimizer,
+        optimizer_name=train["optimizer"], train_data=train_data, val_data=val_data,
+        settings=settings, metric_names=train["metrics"], callbacks=callbacks,
+        fingerprint=fingerprint(semantic, model["network"], manifest["hash"], split),
+    )
+    Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
+    maps.record_run("train", {"step": f"train split-{split}", "config": dict(train),
+                              "split_manifest_hash": manifest["hash"], **system_facts(device)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        try:
+            trainer.fit()
+        finally:
+            text = "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n"
+                           for w in caught)
+            Maps.save_file(text, split_dir.warning_log, overwrite=True)
+    return split_dir.models.final.model_pt
+
+
+def computational_json(trainer: Any) -> dict[str, Any]:
+    return {
+        "name_": "ComputationalConfig",
+        "gpu": trainer.device.type == "cuda",
+        "non_blocking": True,
+        "amp": trainer.dtype is not None,
+        "amp_dtype": str(trainer.dtype).removeprefix("torch.") if trainer.dtype else None,
+        "channels_last": trainer.settings.channels_last,
+        "seed": trainer.settings.seed,
+        "deterministic": trainer.settings.deterministic,
+    }
+
+
+def system_facts(device: Any) -> dict[str, Any]:
+    """GPU name, CUDA and cuDNN versions, torch version, git commit of the workflow."""
+    import subprocess
+
+    import torch
+
+    facts: dict[str, Any] = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "threads": torch.get_num_threads(),
+    }
+    try:
+        facts["git_commit"] = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).resolve().parent,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        facts["git_commit"] = None
+    return facts

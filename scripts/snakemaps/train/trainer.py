@@ -1,0 +1,497 @@
+"""The trainer: one split, callbacks, mixed precision on CUDA, exact resume.
+
+A resume checkpoint (``tmp/epoch-<e>/``) holds the network, optimizer, grad
+scaler, trainer state, every callback's state, every random state (Python,
+NumPy, torch CPU and CUDA) and the order of the current epoch's batches, so
+a run resumed from it continues exactly where the checkpoint was taken; with
+``deterministic`` on CPU the final weights are bit-identical to an unbroken
+run. Log rows written after the checkpoint are trimmed on resume (DaCapo's
+``delete_after``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .. import io
+from ..errors import UserError
+from ..maps import Maps
+from ..maps.tree import TmpEpoch
+from . import metrics as M
+from .callbacks import (
+    Callback,
+    ComputationalMonitor,
+    ModelCheckpoint,
+    TableLog,
+)
+
+logger = logging.getLogger("snakemaps.train")
+
+
+class TrainingInterrupted(Exception):
+    """Raised after a checkpoint was written on SIGTERM/SIGUSR1; rerun to resume."""
+
+
+@dataclasses.dataclass
+class TrainerState:
+    """What ``state.json`` holds (ClinicaDL's TrainerState fields)."""
+
+    called: str = "train"
+    stage: str = "init"
+    should_stop: bool = False
+    current_train_batch: int = 0
+    num_train_batches: int = 0
+    current_val_batch: int = 0
+    num_val_batches: int = 0
+    current_test_batch: int = 0
+    num_test_batches: int = 0
+    current_epoch: int = 0
+    num_epochs: int = 0
+    optim_step: int = 0
+    split_idx: int = 0
+
+
+@dataclasses.dataclass
+class Settings:
+    """Computational and optimisation settings of a run."""
+
+    epochs: int
+    batch_size: int
+    device: torch.device
+    amp: bool = True
+    channels_last: bool = True
+    accumulation_steps: int = 1
+    clip_grad_norm: float | None = None
+    evaluation_interval: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int = 0
+
+
+def resolve_device(setting: str) -> torch.device:
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"train.device = {setting!r} but no CUDA device is visible; use 'auto' or 'cpu'")
+    return torch.device(setting)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def rng_state() -> dict[str, Any]:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def state_dict_for_maps(network: nn.Module) -> dict[str, torch.Tensor]:
+    """Weights as ClinicaDL stores them: keys prefixed with ``network.``, on the CPU."""
+    network = getattr(network, "_orig_mod", network)
+    return {f"network.{k}": v.detach().cpu() for k, v in network.state_dict().items()}
+
+
+def load_maps_weights(network: nn.Module, path: str | Path) -> nn.Module:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = {k.removeprefix("network."): v for k, v in state.items()}
+    getattr(network, "_orig_mod", network).load_state_dict(state)
+    return network
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+class Batches:
+    """Mini-batches from an in-memory tensor (or a DataLoader over files)."""
+
+    def __init__(self, dataset: Any, batch_size: int, device: torch.device, num_workers: int = 0,
+                 channels_last: bool = False) -> None:
+        self.dataset, self.batch_size, self.device = dataset, batch_size, device
+        self.num_workers = num_workers
+        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.pinned = device.type == "cuda"
+        if dataset.images is not None and self.pinned:
+            dataset.images = dataset.images.pin_memory()
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def plan(self, order: Sequence[int]) -> list[list[int]]:
+        order = list(order)
+        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+
+    def iterate(self, batches: Sequence[Sequence[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+        if self.dataset.images is not None and self.num_workers == 0:
+            source = (
+                (self.dataset.images[idx], self.dataset.labels[idx], list(idx))
+                for idx in map(list, batches)
+            )
+        else:
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(self.dataset, batch_sampler=[list(b) for b in batches],
+                                num_workers=self.num_workers, pin_memory=self.pinned)
+            source = ((x, y, idx.tolist()) for x, y, idx in loader)
+        for images, labels, indices in source:
+            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            yield images, labels.to(self.device, non_blocking=True), indices
+
+
+def predict(network: nn.Module, batches: Batches, dtype: torch.dtype | None,
+            on_batch: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Evaluate in data order: (indices, labels, class probabilities, per-image losses)."""
+    network.eval()
+    all_idx, all_y, all_p, all_l = [], [], [], []
+    plan = batches.plan(range(len(batches.dataset)))
+    with torch.inference_mode():
+        for images, labels, indices in batches.iterate(plan):
+            with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
+                logits = network(images)
+            logits = logits.float()
+            losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+            all_idx.append(np.asarray(indices))
+            all_y.append(labels.cpu().numpy())
+            all_p.append(torch.softmax(logits, dim=1).cpu().numpy())
+            all_l.append(losses.cpu().numpy())
+            if on_batch:
+                on_batch(images, logits)
+    return tuple(np.concatenate(a) for a in (all_idx, all_y, all_p, all_l))
+
+
+class Trainer:
+    """Train one split of a MAPS, emitting callback events."""
+
+    def __init__(
+        self, *, maps: Maps, split: int, network: nn.Module, optimizer: torch.optim.Optimizer,
+        optimizer_name: str, train_data: Any, val_data: Any, settings: Settings,
+        metric_names: Sequence[str], callbacks: Sequence[Callback], fingerprint: str,
+    ) -> None:
+        self.maps, self.split_dir = maps, maps.split(split)
+        self.settings, self.device = settings, settings.device
+        self.network, self.optimizer, self.optimizer_name = network, optimizer, optimizer_name
+        self.metric_names, self.callbacks, self.fingerprint = list(metric_names), list(callbacks), fingerprint
+        self.train_data, self.val_data = train_data, val_data
+        self.n_train, self.n_val = len(train_data), len(val_data)
+        self.dtype = amp_dtype(self.device, settings.amp)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda"
+        )
+        self.train_batches = Batches(train_data, settings.batch_size, self.device,
+                                     settings.num_workers, settings.channels_last)
+        self.val_batches = Batches(val_data, settings.batch_size, self.device,
+                                   settings.num_workers, settings.channels_last)
+        self.state = TrainerState(num_epochs=settings.epochs, split_idx=split,
+                                  num_train_batches=len(self.train_batches),
+                                  num_val_batches=len(self.val_batches))
+        self.generator = torch.Generator().manual_seed(settings.seed)
+        self.epoch_order: list[int] = []
+        self.last_batch_size = 0
+        self.interrupt: int | None = None
+        self.monitor = next((c for c in self.callbacks if isinstance(c, ComputationalMonitor)), None)
+        logs = self.split_dir.logs
+        self.loss_log = TableLog(logs.training_loss_tsv, ["epoch", "batch", "loss"])
+        self.val_log = TableLog(self.split_dir.validation_metrics.aggregated_tsv,
+                                ["epoch", *self.metric_names])
+        self.details_log = TableLog(self.split_dir.validation_metrics.details_tsv, ["epoch"])
+
+    # Events ----------------------------------------------------------------
+    def emit(self, event: str, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, **kwargs)
+
+    @contextlib.contextmanager
+    def timed(self, phase: str) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        if self.monitor:
+            self.monitor.add(phase, time.perf_counter() - start)
+
+    # Rows kept on resume: those written before the checkpoint --------------
+    def keep_train_row(self, row: dict[str, Any]) -> bool:
+        done, batch = self.state.current_epoch, self.state.current_train_batch
+        return row["epoch"] <= done or (row["epoch"] == done + 1 and row["batch"] < batch)
+
+    def keep_epoch_row(self, row: dict[str, Any]) -> bool:
+        return row["epoch"] <= self.state.current_epoch
+
+    # Saving ------------------------------------------------------------------
+    def save_model(self, path: Path) -> None:
+        Maps.save_file(state_dict_for_maps(self.network), path, overwrite=True)
+
+    def write_checkpoint(self) -> TmpEpoch:
+        """Write tmp/epoch-<e>/ atomically (a directory rename) and drop older ones."""
+        start = time.perf_counter()
+        tmp = self.split_dir.tmp
+        target = tmp.epochs[self.state.current_epoch]
+        partial = TmpEpoch(tmp.path / f".epoch-{self.state.current_epoch}.partial")
+        shutil.rmtree(partial.path, ignore_errors=True)
+        partial.callbacks.mkdir(parents=True)
+        io.torch_save(partial.model_pt, state_dict_for_maps(self.network))
+        io.torch_save(partial.optimizer_pt, {self.optimizer_name: self.optimizer.state_dict()})
+        io.torch_save(partial.scaler_pt, self.scaler.state_dict())
+        io.torch_save(partial.path / "rng.pt", {
+            "rng": rng_state(), "generator": self.generator.get_state(),
+            "epoch_order": torch.tensor(self.epoch_order, dtype=torch.long),
+        })
+        for callback in self.callbacks:
+            io.write_json(partial.callbacks / f"{callback.name}.json", callback.state_dict())
+            callback.save_files(partial.callbacks / callback.name, self)
+        if self.val_log.rows:
+            last = self.val_log.rows[-1]["epoch"]
+            Maps.save_file(
+                pd.DataFrame([r for r in self.val_log.rows if r["epoch"] == last]),
+                partial.validation_metrics.aggregated_tsv, overwrite=True)
+        io.write_json(partial.state_json, {**dataclasses.asdict(self.state),
+                                           "fingerprint": self.fingerprint})
+        old = tmp.path / f".epoch-{self.state.current_epoch}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if target.path.exists():
+            os.replace(target.path, old)
+        os.replace(partial.path, target.path)
+        io._fsync_dir(tmp.path)
+        for epoch in tmp.epochs_list:
+            if epoch != self.state.current_epoch:
+                shutil.rmtree(tmp.epochs[epoch].path, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+        if self.monitor:
+            self.monitor.add("checkpoint", time.perf_counter() - start)
+        self.emit("on_checkpoint", checkpoint=target.path)
+        return target
+
+    def latest_checkpoint(self) -> TmpEpoch | None:
+        tmp = self.split_dir.tmp
+        if not tmp.exists():
+            return None
+        for old in sorted(tmp.path.glob(".epoch-*.old")):  # a swap cut short
+            name = old.name.removeprefix(".").removesuffix(".old")
+            if not (tmp.path / name).exists():
+                os.replace(old, tmp.path / name)
+        epochs = tmp.epochs_list
+        return tmp.epochs[epochs[-1]] if epochs else None
+
+    def load_checkpoint(self, checkpoint: TmpEpoch) -> None:
+        state = io.read_json(checkpoint.state_json)
+        recorded = state.pop("fingerprint", None)
+        if recorded != self.fingerprint:
+            raise UserError(
+                f"the resume checkpoint {checkpoint.path} was written with another configuration "
+                "or split manifest than this run's. Restore that configuration to resume, or "
+                f"delete {self.split_dir.tmp.path} to train split-{self.state.split_idx} from "
+                "scratch."
+            )
+        self.state = TrainerState(**state)
+        load_maps_weights(self.network, checkpoint.model_pt)
+        optim = torch.load(checkpoint.optimizer_pt, map_location=self.device, weights_only=True)
+        self.optimizer.load_state_dict(optim[self.optimizer_name])
+        self.scaler.load_state_dict(torch.load(checkpoint.scaler_pt, weights_only=True))
+        saved = torch.load(checkpoint.path / "rng.pt", weights_only=False)
+        set_rng_state(saved["rng"])
+        self.generator.set_state(saved["generator"])
+        self.epoch_order = saved["epoch_order"].tolist()
+        for callback in self.callbacks:
+            path = checkpoint.callbacks / f"{callback.name}.json"
+            if path.exists():
+                callback.load_state_dict(io.read_json(path))
+            callback.restore_files(checkpoint.callbacks / callback.name, self)
+        logs = [(self.loss_log, "train"), (self.val_log, "epoch"), (self.details_log, "epoch")]
+        logs += [(c.log, c.rows) for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)]
+        keep = {"train": self.keep_train_row, "epoch": self.keep_epoch_row}
+        dropped = sum(log.reload(keep[kind]) for log, kind in logs)
+        logger.info(
+            "split-%d: resumed at epoch %d (batch %d of the next); trimmed %d log row(s) written "
+            "after the checkpoint", self.state.split_idx, self.state.current_epoch,
+            self.state.current_train_batch, dropped,
+        )
+
+    def flush_logs(self) -> None:
+        for log in (self.loss_log, self.val_log, self.details_log):
+            log.flush()
+
+    # Signals -----------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        logger.warning("received %s: checkpointing after this batch", signal.Signals(signum).name)
+        self.interrupt = signum
+
+    @contextlib.contextmanager
+    def signals(self) -> Iterator[None]:
+        handled = [s for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)]
+        previous = {s: signal.signal(s, self._on_signal) for s in handled}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # The loop ------------------------------------------------------------------
+    def fit(self) -> None:
+        checkpoint = self.latest_checkpoint()
+        try:
+            with self.signals():
+                if checkpoint is not None:
+                    self.emit("on_resume", checkpoint=checkpoint.path)
+                    self.load_checkpoint(checkpoint)
+                else:
+                    self.clear_outputs()
+                    self.emit("on_train_start")
+                while self.state.current_epoch < self.state.num_epochs and not self.state.should_stop:
+                    self.train_epoch()
+                self.state.stage = "end"
+                self.emit("on_train_end")
+        except BaseException as error:
+            self.emit("on_exception", exception=error)
+            raise
+
+    def clear_outputs(self) -> None:
+        """A fresh start: remove what an earlier run of this split left."""
+        split = self.split_dir
+        for path in (split.logs.path, split.models.path, split.validation_metrics.path):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def train_epoch(self) -> None:
+        state, settings = self.state, self.settings
+        resuming_mid_epoch = state.current_train_batch > 0 and self.epoch_order
+        self.emit("on_epoch_start")
+        if not resuming_mid_epoch:
+            self.epoch_order = torch.randperm(self.n_train, generator=self.generator).tolist()
+            state.current_train_batch = 0
+        plan = self.train_batches.plan(self.epoch_order)
+        state.stage = "train"
+        self.network.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loop_start = time.perf_counter()
+        accumulated: list[float] = []
+        batches = self.train_batches.iterate(plan[state.current_train_batch :])
+        while True:
+            with self.timed("batch_loading"):
+                batch = next(batches, None)
+            if batch is None:
+                break
+            images, labels, _ = batch
+            self.last_batch_size = len(labels)
+            self.emit("on_batch_start", batch=batch)
+            self.emit("on_forward_step_start", batch=batch)
+            with self.timed("forward"):
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    logits = self.network(images)
+                    loss = nn.functional.cross_entropy(logits.float(), labels)
+            self.emit("on_backward_step_start", loss=loss, grad_scaler=self.scaler)
+            with self.timed("backward"):
+                self.scaler.scale(loss / settings.accumulation_steps).backward()
+            self.emit("on_backward_step_end")
+            accumulated.append(loss.item())
+            state.current_train_batch += 1
+            if state.current_train_batch % settings.accumulation_steps == 0 or state.current_train_batch == len(plan):
+                self.emit("on_optimization_step_start", optimizers={self.optimizer_name: self.optimizer},
+                          grad_scaler=self.scaler)
+                with self.timed("optimization"):
+                    if settings.clip_grad_norm:
+                        self.scaler.unscale_(self.optimizer)
+                        nn.utils.clip_grad_norm_(self.network.parameters(), settings.clip_grad_norm)
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                state.optim_step += 1
+                mean_loss = float(np.mean(accumulated))
+                accumulated = []
+                if not np.isfinite(mean_loss):
+                    raise FloatingPointError(
+                        f"split-{state.split_idx}: the training loss became {mean_loss} at epoch "
+                        f"{state.current_epoch + 1}, batch {state.current_train_batch}; lower "
+                        "train.learning_rate or set train.clip_grad_norm"
+                    )
+                self.loss_log.append({"epoch": state.current_epoch + 1,
+                                      "batch": state.current_train_batch - 1, "loss": mean_loss})
+                self.emit("on_optimization_step_end", optimizers={self.optimizer_name: self.optimizer},
+                          grad_scaler=self.scaler, loss=mean_loss)
+            self.emit("on_batch_end")
+            if self.interrupt is not None:
+                self.flush_logs()
+                checkpoint = self.write_checkpoint()
+                raise TrainingInterrupted(
+                    f"stopped by signal {self.interrupt}; checkpoint {checkpoint.path} written. "
+                    "Rerun the same snakemake command to resume."
+                )
+        if self.monitor:
+            self.monitor.add("train_loop", time.perf_counter() - loop_start)
+        state.current_epoch += 1
+        state.current_train_batch = 0
+        self.epoch_order = []
+        if state.current_epoch % settings.evaluation_interval == 0 or state.current_epoch == state.num_epochs:
+            self.validation()
+        self.flush_logs()
+        self.emit("on_epoch_end")
+
+    def validation(self) -> dict[str, float]:
+        state = self.state
+        state.stage = "validation"
+        state.current_val_batch = 0
+        self.emit("on_validation_start")
+        start = time.perf_counter()
+
+        def on_batch(images: torch.Tensor, logits: torch.Tensor) -> None:
+            state.current_val_batch += 1
+            self.emit("on_batch_start", batch=images)
+            self.emit("on_evaluation_step_start", batch=images)
+            self.emit("on_metrics_computation_start", output=logits, metrics=self.metric_names)
+            self.emit("on_metrics_computation_end", detailed_metrics_df=None)
+            self.emit("on_batch_end")
+
+        with self.timed("evaluation"):
+            indices, labels, probs, losses = predict(self.network, self.val_batches, self.dtype, on_batch)
+        with self.timed("metric"):
+            values = M.compute(self.metric_names, labels, probs, losses)
+            details = M.details_frame(self.val_data.frame, indices, labels, probs, losses,
+                                      self.val_data.classes)
+        details.insert(0, "epoch", state.current_epoch)
+        self.val_log.append({"epoch": state.current_epoch, **values})
+        self.details_log.rows.extend(details.to_dict("records"))
+        if self.monitor:
+            self.monitor.add("validation", time.perf_counter() - start)
+        self.emit("on_validation_end", metrics=values)
+        self.network.train()
+        return values
+
+
+def fingerprint(*parts: Any) -> str:
+    from ..split import content_hash
+
+    return content_hash(json.loads(json.dumps(parts, default=str)))

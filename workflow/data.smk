@@ -1,0 +1,28 @@
+# Stage 0: the demo cohort, and every table's images turned once into a tensor cache.
+
+
+rule generate_demo:
+    output:
+        participants="{data}/synthetic/participants.tsv",
+        test="{data}/synthetic/test.tsv",
+    params:
+        synthetic=config["data"]["synthetic"],
+    log:
+        "{data}/logs/generate_demo.log",
+    script:
+        "../scripts/generate_demo.py"
+
+
+rule prepare:
+    input:
+        table=table_of,
+    output:
+        manifest="{data}/cache/{dataset}/manifest.tsv",
+        info="{data}/cache/{dataset}/manifest.json",
+    params:
+        label=config["data"]["label"],
+        key=table_key,
+    log:
+        "{data}/logs/prepare_{dataset}.log",
+    script:
+        "../scripts/prepare.py"

@@ -1,0 +1,74 @@
+# Stages 3 and 4: evaluate saved models on validation sets and test groups.
+
+
+rule validate:
+    input:
+        trained_models,
+    output:
+        expand(
+            "{{maps}}/training/split-{{split}}/models/{model}/validation_metrics/aggregated.tsv",
+            model=MODEL_DIRS,
+        ),
+    params:
+        train=lambda wildcards: exp(wildcards)["train"],
+    threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
+        mem_mb=4000,
+        runtime=60,
+    log:
+        "logs/{maps}/validate_split-{split}.log",
+    script:
+        "../scripts/validate.py"
+
+
+rule register_test_group:
+    input:
+        split="{maps}/training/data/split_manifest.json",
+        manifest=group_manifest,
+    output:
+        data="{maps}/test/group-{group}/data.tsv",
+        dataset="{maps}/test/group-{group}/dataset.json",
+        dataloader="{maps}/test/group-{group}/dataloader.json",
+    params:
+        train=lambda wildcards: exp(wildcards)["train"],
+    log:
+        "logs/{maps}/register_test_group-{group}.log",
+    script:
+        "../scripts/register_test_group.py"
+
+
+rule test:
+    input:
+        group="{maps}/test/group-{group}/data.tsv",
+        models=trained_models,
+    output:
+        expand(
+            "{{maps}}/test/group-{{group}}/results/split-{{split}}/{model}/metrics/aggregated.tsv",
+            model=MODEL_NAMES,
+        ),
+    params:
+        train=lambda wildcards: exp(wildcards)["train"],
+    threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
+        mem_mb=4000,
+        runtime=60,
+    log:
+        "logs/{maps}/test_group-{group}_split-{split}.log",
+    script:
+        "../scripts/test.py"
+
+
+rule summarize_test:
+    input:
+        group_results,
+    output:
+        expand("{{maps}}/test/group-{{group}}/summary-{metric}.tsv", metric=MONITOR),
+    params:
+        splits=lambda wildcards: splits(wildcards.maps),
+        metrics=MONITOR,
+    log:
+        "logs/{maps}/summarize_test-{group}.log",
+    script:
+        "../scripts/summarize_test.py"

@@ -1,0 +1,1 @@
+# Stage 6: random search (see issue 7).

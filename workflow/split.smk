@@ -1,0 +1,23 @@
+# Stage 1: create the MAPS (configuration files first) and split participants.
+
+
+rule split:
+    input:
+        manifest=train_manifest,
+        tests=test_manifests,
+    output:
+        manifest="{maps}/training/data/split_manifest.json",
+        data="{maps}/training/data/data.tsv",
+        model="{maps}/model.json",
+        metrics="{maps}/metrics.json",
+        callbacks="{maps}/callbacks.json",
+        optimization="{maps}/training/optimization.json",
+    params:
+        groups=lambda wildcards: list(test_groups()),
+        split=lambda wildcards: exp(wildcards)["split"],
+        model=lambda wildcards: exp(wildcards)["model"],
+        train=lambda wildcards: exp(wildcards)["train"],
+    log:
+        "logs/{maps}/split.log",
+    script:
+        "../scripts/split.py"

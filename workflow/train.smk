@@ -1,0 +1,28 @@
+# Stage 2: one training job per split. Only files written at the end or
+# restored from the resume checkpoint are declared, so tmp/ and the logs
+# survive a failed job and a rerun resumes.
+
+
+rule train:
+    input:
+        manifest="{maps}/training/data/split_manifest.json",
+        model="{maps}/model.json",
+    output:
+        final="{maps}/training/split-{split}/models/final/model.pt",
+        best=expand(
+            "{{maps}}/training/split-{{split}}/models/best_models/best-{metric}/model.pt",
+            metric=MONITOR,
+        ),
+    params:
+        train=lambda wildcards: exp(wildcards)["train"],
+    threads: 1
+    resources:
+        gpu=GPUS_PER_JOB,
+        mem_mb=4000,
+        runtime=240,
+    log:
+        "logs/{maps}/train_split-{split}.log",
+    benchmark:
+        "logs/{maps}/train_split-{split}.benchmark.tsv"
+    script:
+        "../scripts/train.py"
