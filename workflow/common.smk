@@ -3,7 +3,9 @@
 # torch or the snakemaps package, so building the DAG stays fast.
 import re
 import shutil
+from pathlib import Path
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 
@@ -38,6 +40,19 @@ def tables():
     for name, path in test_groups().items():
         found[f"group-{name}"] = (path, f"test.groups.{name}")
     return found
+
+
+def check_tables():
+    """Stop before any job if a configured table does not exist."""
+    for path, key in tables().values():
+        if not (SYNTHETIC and path.startswith(f"{DATA_DIR}/synthetic/")) and not Path(path).is_file():
+            raise WorkflowError(
+                f"{key}: table not found: {path}. Set {key} to an existing tab-separated file "
+                "with columns participant_id, session_id, label and image."
+            )
+
+
+check_tables()
 
 
 wildcard_constraints:

@@ -32,6 +32,20 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask); mkstemp's is 0o600."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | Path, writer: Callable[[IO[bytes]], None], fsync: bool = True) -> Path:
     """Write ``path`` atomically; ``writer`` receives a binary file object."""
     path = Path(path)
@@ -39,6 +53,7 @@ def atomic_write(path: str | Path, writer: Callable[[IO[bytes]], None], fsync: b
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), _new_file_mode())
             writer(handle)
             handle.flush()
             if fsync:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset
@@ -27,13 +28,11 @@ class CachedImages(Dataset):
         if unknown:
             raise ValueError(f"labels {unknown} are not among the training classes {self.classes}")
         self.labels = torch.tensor([lookup[v] for v in self.frame["label"]], dtype=torch.long)
-        first = torch.load(self.frame["tensor"].iloc[0], weights_only=True)
+        first = np.load(self.frame["tensor"].iloc[0], mmap_mode="r")
         self.shape = tuple(first.shape)
         self.images: torch.Tensor | None = None
-        if first.numel() * first.element_size() * len(self.frame) <= IN_MEMORY_BYTES:
-            self.images = torch.stack(
-                [torch.load(path, weights_only=True) for path in self.frame["tensor"]]
-            )
+        if first.nbytes * len(self.frame) <= IN_MEMORY_BYTES:
+            self.images = torch.from_numpy(np.stack([np.load(p) for p in self.frame["tensor"]]))
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -42,5 +41,5 @@ class CachedImages(Dataset):
         if self.images is not None:
             image = self.images[index]
         else:
-            image = torch.load(self.frame["tensor"].iloc[index], weights_only=True)
+            image = torch.from_numpy(np.load(self.frame["tensor"].iloc[index]))
         return image, self.labels[index], index

@@ -1,6 +1,7 @@
 """Turn each image into a float tensor once (the tensor cache), like ClinicaDL's extract.
 
-Training then reads small ``.pt`` files instead of decoding NIfTI every epoch.
+Training then reads small ``.npy`` files (float32, channel first, min-max
+normalised) instead of decoding NIfTI every epoch; this step needs no torch.
 The cache is reused across runs: an image is converted again only when its
 source file is newer than its cached tensor.
 """
@@ -68,30 +69,28 @@ def prepare_cache(
     table: str | Path, cache_dir: str | Path, manifest: str | Path, label: str = "label",
     key: str = "data.tsv",
 ) -> Path:
-    """Convert every image of ``table`` to ``cache_dir/<participant>_<session>.pt``.
+    """Convert every image of ``table`` to ``cache_dir/<participant>_<session>.npy``.
 
     Writes ``manifest`` (the table plus a ``tensor`` column relative to the
     manifest's folder). All images must share one shape.
     """
-    import torch
-
     frame = read_table(table, label=label, key=key)
     cache_dir, manifest = Path(cache_dir), Path(manifest)
     tensors, shape, reused, started = [], None, 0, time.monotonic()
     for i, row in enumerate(frame.itertuples(index=False)):
-        target = cache_dir / f"{row.participant_id}_{row.session_id}.pt"
+        target = cache_dir / f"{row.participant_id}_{row.session_id}.npy"
         source = Path(row.image)
         if not source.is_file():
             raise UserError(
                 f"{table}: image not found for {row.participant_id} {row.session_id}: {source}"
             )
         if target.exists() and target.stat().st_mtime >= source.stat().st_mtime:
-            tensor_shape = tuple(torch.load(target, weights_only=True, mmap=True).shape[1:])
+            tensor_shape = tuple(np.load(target, mmap_mode="r").shape[1:])
             reused += 1
         else:
             array = min_max(load_image(source))
             tensor_shape = array.shape
-            io.torch_save(target, torch.from_numpy(array[None]).contiguous(), fsync=False)
+            io.atomic_write(target, lambda handle, a=array: np.save(handle, a[None]), fsync=False)
         if shape is None:
             shape = tensor_shape
         elif tensor_shape != shape:

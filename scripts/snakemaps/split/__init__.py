@@ -64,14 +64,11 @@ def assign_splits(
         ids = labels.index.to_numpy()
         folds = [(ids[tr], ids[va]) for tr, va in splitter.split(ids, labels.to_numpy())]
     else:
-        # Group-aware: a participant's sessions never straddle a fold boundary.
-        stratify = frame["participant_id"].map(labels).to_numpy()
-        groups = frame["participant_id"].to_numpy()
+        # Group-aware, on one row per participant: every session of a participant
+        # lands in one fold, and classes are balanced over participants.
+        ids = labels.index.to_numpy()
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
-        folds = [
-            (np.unique(groups[tr]), np.unique(groups[va]))
-            for tr, va in splitter.split(frame, stratify, groups)
-        ]
+        folds = [(ids[tr], ids[va]) for tr, va in splitter.split(ids, labels.to_numpy(), ids)]
     return [(sorted(map(str, tr)), sorted(map(str, va))) for tr, va in folds]
 
 

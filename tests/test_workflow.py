@@ -1,0 +1,94 @@
+"""The whole experiment through real snakemake on a tiny config: a complete MAPS."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+from conftest import TINY, run_snakemake
+
+from snakemaps.maps import Maps
+
+pytestmark = pytest.mark.workflow
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("demo")
+    result = run_snakemake(workdir, config=TINY)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, result
+
+
+def test_complete_maps_opens_and_has_every_file(demo):
+    workdir, _ = demo
+    maps = Maps(workdir / "results" / "maps").read()
+    assert maps.training.splits_list == [0, 1]
+    assert maps.test.groups_list == ["test"]
+    for k in (0, 1):
+        split = maps.split(k)
+        assert split.models.names() == ["best-BalancedAccuracy", "best-loss", "epoch-2", "final"]
+        assert split.tmp.epochs_list == []  # emptied when training ends
+        loss = pd.read_csv(split.logs.training_loss_tsv, sep="\t")
+        assert list(loss.columns) == ["epoch", "batch", "loss"]
+        assert loss["epoch"].max() == 3
+        aggregated = pd.read_csv(split.validation_metrics.aggregated_tsv, sep="\t")
+        assert list(aggregated["epoch"]) == [1, 2, 3]
+        assert {"loss", "BalancedAccuracy", "RocAuc", "F1"} <= set(aggregated.columns)
+        state = torch.load(split.models.final.model_pt, weights_only=True)
+        assert all(key.startswith("network.") for key in state)
+        for name in ("best-loss", "final"):
+            result = maps.test.groups["test"].results.splits[k].models[name]
+            metrics = pd.read_csv(result.metrics.aggregated_tsv, sep="\t")
+            assert "epoch" not in metrics.columns and len(metrics) == 1
+            details = pd.read_csv(result.metrics.details_tsv, sep="\t")
+            assert list(details.columns[:2]) == ["participant_id", "session_id"]
+    assert maps.env.environment_txt.read_text().startswith("# snakemaps environment snapshot")
+    summary = pd.read_csv(maps.test.groups["test"].summary_tsv("BalancedAccuracy"), sep="\t")
+    assert list(summary["split"]) == ["0", "1", "mean", "std"]
+
+
+def test_best_model_validation_matches_training_log(demo):
+    workdir, _ = demo
+    maps = Maps(workdir / "results" / "maps")
+    split = maps.split(0)
+    log = pd.read_csv(split.validation_metrics.aggregated_tsv, sep="\t")
+    best = pd.read_csv(
+        split.models.best_models.metrics["loss"].validation_metrics.aggregated_tsv, sep="\t"
+    )
+    row = log.loc[log["loss"].idxmin()]
+    assert best["epoch"].iloc[0] == row["epoch"]
+    assert best["loss"].iloc[0] == pytest.approx(row["loss"], rel=1e-4)
+
+
+def test_split_manifest_has_no_leakage(demo):
+    workdir, _ = demo
+    manifest = Maps(workdir / "results" / "maps").open_file(
+        workdir / "results/maps/training/data/split_manifest.json"
+    )
+    tests = set(manifest["test_groups"]["test"])
+    for side in manifest["splits"].values():
+        train = {p for p, _ in side["train"]}
+        validation = {p for p, _ in side["validation"]}
+        assert not train & validation and not (train | validation) & tests
+
+
+def test_rerun_has_nothing_to_do(demo):
+    workdir, _ = demo
+    result = run_snakemake(workdir, config=TINY)
+    assert result.returncode == 0
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_provenance_records_each_step(demo):
+    workdir, _ = demo
+    maps = Maps(workdir / "results" / "maps")
+    kinds = {name.split("_")[0] for name in maps.exec.runs.keys()}
+    assert kinds == {"train", "validate", "test"}
+    record = next(
+        r
+        for name in maps.exec.runs.keys()
+        if name.startswith("train")
+        for r in maps.open_file(maps.exec.runs[name].provenance_json)
+    )
+    assert {"host", "command", "split_manifest_hash", "torch", "git_commit"} <= set(record)
