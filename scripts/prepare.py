@@ -8,8 +8,15 @@ from snakemaps.steps import run_step
 
 def main(smk):
     manifest = Path(smk.output.manifest)
-    run_step(smk, prepare_cache, table=smk.input.table, cache_dir=manifest.parent / "tensors",
-             manifest=manifest, label=smk.params.label, key=smk.params.key)
+    run_step(
+        smk,
+        prepare_cache,
+        table=smk.input.table,
+        cache_dir=manifest.parent / "tensors",
+        manifest=manifest,
+        label=smk.params.label,
+        key=smk.params.key,
+    )
 
 
 if __name__ == "__main__":

@@ -5,8 +5,14 @@ from snakemaps.steps import run_step
 
 
 def main(smk):
-    run_step(smk, register_test_group, maps_dir=smk.wildcards.maps, group=smk.wildcards.group,
-             manifest=smk.input.manifest, batch_size=smk.params.train["batch_size"])
+    run_step(
+        smk,
+        register_test_group,
+        maps_dir=smk.wildcards.maps,
+        group=smk.wildcards.group,
+        manifest=smk.input.manifest,
+        batch_size=smk.params.train["batch_size"],
+    )
 
 
 if __name__ == "__main__":

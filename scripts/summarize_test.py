@@ -9,8 +9,14 @@ def summarize(maps_dir, group, metrics, splits):
 
 
 def main(smk):
-    run_step(smk, summarize, maps_dir=smk.wildcards.maps, group=smk.wildcards.group,
-             metrics=smk.params.metrics, splits=smk.params.splits)
+    run_step(
+        smk,
+        summarize,
+        maps_dir=smk.wildcards.maps,
+        group=smk.wildcards.group,
+        metrics=smk.params.metrics,
+        splits=smk.params.splits,
+    )
 
 
 if __name__ == "__main__":

@@ -6,8 +6,14 @@ from snakemaps.train import train_split
 
 def main(smk):
     maps_dir = smk.input.model.removesuffix("/model.json")
-    run_step(smk, train_split, maps_dir=maps_dir, split=int(smk.wildcards.split),
-             train=smk.params.train, threads=smk.threads)
+    run_step(
+        smk,
+        train_split,
+        maps_dir=maps_dir,
+        split=int(smk.wildcards.split),
+        train=smk.params.train,
+        threads=smk.threads,
+    )
 
 
 if __name__ == "__main__":

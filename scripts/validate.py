@@ -8,9 +8,16 @@ def main(smk):
     train = smk.params.train
     models = [f"best-{m}" for m in train["monitor"]] + ["final"]
     models += [f"epoch-{e}" for e in train["save_epochs"] if e <= train["epochs"]]
-    run_step(smk, validate_checkpoints, maps_dir=smk.wildcards.maps,
-             split=int(smk.wildcards.split), models=models, device=train["device"],
-             batch_size=train["batch_size"], threads=smk.threads)
+    run_step(
+        smk,
+        validate_checkpoints,
+        maps_dir=smk.wildcards.maps,
+        split=int(smk.wildcards.split),
+        models=models,
+        device=train["device"],
+        batch_size=train["batch_size"],
+        threads=smk.threads,
+    )
 
 
 if __name__ == "__main__":

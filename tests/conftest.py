@@ -41,15 +41,32 @@ def run_snakemake(
         overlay.write_text(yaml.safe_dump(config))
         configfiles.append(str(overlay))
     command = [
-        sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"),
-        "--directory", str(workdir), "--configfile", *configfiles, "--cores", "2", *args,
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        *configfiles,
+        "--cores",
+        "2",
+        *args,
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
 
 
-def write_table(folder: Path, participants: list[tuple[str, str, int]], shape=(16, 16, 16),
-                name: str = "data.tsv", seed: int = 0) -> Path:
+def write_table(
+    folder: Path,
+    participants: list[tuple[str, str, int]],
+    shape=(16, 16, 16),
+    name: str = "data.tsv",
+    seed: int = 0,
+) -> Path:
     """A TSV with .npy images: ``participants`` is (participant_id, label, n_sessions)."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -60,8 +77,15 @@ def write_table(folder: Path, participants: list[tuple[str, str, int]], shape=(1
             image = folder / "images" / f"{participant}_{session}.npy"
             offset = 1.0 if label == "AD" else 0.0
             np.save(image, (rng.normal(size=shape) + offset).astype(np.float32))
-            rows.append({"participant_id": participant, "session_id": session, "label": label,
-                         "age": 70 + s, "image": f"images/{image.name}"})
+            rows.append(
+                {
+                    "participant_id": participant,
+                    "session_id": session,
+                    "label": label,
+                    "age": 70 + s,
+                    "image": f"images/{image.name}",
+                }
+            )
     path = folder / name
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
     return path

@@ -13,8 +13,11 @@ pytestmark = pytest.mark.workflow
 
 
 def user_config(table: Path, **extra) -> dict:
-    config = {"data": {"tsv": str(table)}, "split": {"n_splits": 2},
-              "train": {"epochs": 1, "batch_size": 4}}
+    config = {
+        "data": {"tsv": str(table)},
+        "split": {"n_splits": 2},
+        "train": {"epochs": 1, "batch_size": 4},
+    }
     for key, value in extra.items():
         config[key] = {**config.get(key, {}), **value}
     return config
@@ -36,7 +39,10 @@ def assert_fails(workdir: Path, config: dict, *fragments: str) -> str:
     [
         ({"train": {"epochs": "ten"}}, ["'ten' is not of type 'integer'", "epochs"]),
         ({"train": {"epochs": -1}}, ["-1 is less than the minimum of 1", "epochs"]),
-        ({"train": {"epoch": 3}}, ["Additional properties are not allowed ('epoch' was unexpected)"]),
+        (
+            {"train": {"epoch": 3}},
+            ["Additional properties are not allowed ('epoch' was unexpected)"],
+        ),
         ({"split": {"n_splits": 0}}, ["0 is less than the minimum of 1", "n_splits"]),
     ],
     ids=["wrong-type", "negative-epochs", "unknown-key", "zero-splits"],
@@ -47,8 +53,12 @@ def test_schema_violations_stop_at_start(tmp_path, override, fragments):
 
 
 def test_missing_table(tmp_path):
-    assert_fails(tmp_path, user_config(tmp_path / "nope.tsv"), "data.tsv: table not found",
-                 str(tmp_path / "nope.tsv"))
+    assert_fails(
+        tmp_path,
+        user_config(tmp_path / "nope.tsv"),
+        "data.tsv: table not found",
+        str(tmp_path / "nope.tsv"),
+    )
 
 
 def test_missing_column(tmp_path):
@@ -61,15 +71,23 @@ def test_duplicate_session(tmp_path):
     table = write_table(tmp_path, cohort("A", 3))
     frame = pd.read_csv(table, sep="\t")
     pd.concat([frame, frame.iloc[[0]]]).to_csv(table, sep="\t", index=False)
-    assert_fails(tmp_path, user_config(table), "duplicate (participant_id, session_id)",
-                 "sub-AAD000/ses-M000")
+    assert_fails(
+        tmp_path,
+        user_config(table),
+        "duplicate (participant_id, session_id)",
+        "sub-AAD000/ses-M000",
+    )
 
 
 def test_missing_image(tmp_path):
     table = write_table(tmp_path, cohort("A", 3))
     (tmp_path / "images" / "sub-ACN001_ses-M012.npy").unlink()
-    assert_fails(tmp_path, user_config(table), "image not found for sub-ACN001 ses-M012",
-                 "sub-ACN001_ses-M012.npy")
+    assert_fails(
+        tmp_path,
+        user_config(table),
+        "image not found for sub-ACN001 ses-M012",
+        "sub-ACN001_ses-M012.npy",
+    )
 
 
 def test_unreadable_image(tmp_path):
@@ -89,12 +107,20 @@ def test_single_class(tmp_path):
 
 def test_more_splits_than_smallest_class(tmp_path):
     table = write_table(tmp_path, cohort("A", 3))
-    assert_fails(tmp_path, user_config(table, split={"n_splits": 5}),
-                 "split.n_splits = 5 needs at least 5 participants per class")
+    assert_fails(
+        tmp_path,
+        user_config(table, split={"n_splits": 5}),
+        "split.n_splits = 5 needs at least 5 participants per class",
+    )
 
 
 def test_test_participants_seen_in_training(tmp_path):
     table = write_table(tmp_path, cohort("A", 4))
     test = write_table(tmp_path, cohort("A", 1)[:1] + cohort("T", 2), name="test.tsv", seed=1)
-    assert_fails(tmp_path, user_config(table, test={"groups": {"heldout": str(test)}}),
-                 "data leakage", "test group 'heldout'", "sub-AAD000")
+    assert_fails(
+        tmp_path,
+        user_config(table, test={"groups": {"heldout": str(test)}}),
+        "data leakage",
+        "test group 'heldout'",
+        "sub-AAD000",
+    )

@@ -18,7 +18,10 @@ from conftest import ROOT, TINY, run_snakemake
 pytestmark = pytest.mark.workflow
 
 TARGET = "results/maps/training/split-0/models/final/model.pt"
-CONFIG = {**TINY, "train": {**TINY["train"], "epochs": 6, "deterministic": True, "save_epochs": [2, 5]}}
+CONFIG = {
+    **TINY,
+    "train": {**TINY["train"], "epochs": 6, "deterministic": True, "save_epochs": [2, 5]},
+}
 
 
 def job_pids(workdir: Path, script: str) -> list[int]:
@@ -38,15 +41,32 @@ def job_pids(workdir: Path, script: str) -> list[int]:
 
 
 def snakemake_command(workdir: Path) -> list[str]:
-    return [sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-            str(workdir), "--configfile", str(ROOT / "config/config.yaml"),
-            str(workdir / "test_config.yaml"), "--cores", "1", TARGET]
+    return [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(ROOT / "config/config.yaml"),
+        str(workdir / "test_config.yaml"),
+        "--cores",
+        "1",
+        TARGET,
+    ]
 
 
 def frames(maps: Path) -> dict[str, pd.DataFrame]:
     split = maps / "training/split-0"
-    names = ["logs/training_loss.tsv", "logs/learning_rates/Adam.tsv", "logs/computational.tsv",
-             "validation_metrics/aggregated.tsv", "validation_metrics/details.tsv"]
+    names = [
+        "logs/training_loss.tsv",
+        "logs/learning_rates/Adam.tsv",
+        "logs/computational.tsv",
+        "validation_metrics/aggregated.tsv",
+        "validation_metrics/details.tsv",
+    ]
     return {name: pd.read_csv(split / name, sep="\t") for name in names}
 
 
@@ -57,8 +77,7 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("resume")
-    result = run_snakemake(workdir, "results/maps/training/data/split_manifest.json",
-                           config=CONFIG)
+    result = run_snakemake(workdir, "results/maps/training/data/split_manifest.json", config=CONFIG)
     assert result.returncode == 0, result.stderr[-3000:]
     return workdir
 
@@ -69,8 +88,9 @@ def test_killed_training_job_resumes_bit_identical(prepared, tmp_path):
     shutil.copytree(prepared, unbroken, symlinks=True)
     tmp = broken / "results/maps/training/split-0/tmp"
 
-    process = subprocess.Popen(snakemake_command(broken), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        snakemake_command(broken), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 300
     while not (tmp / "epoch-2").exists() and not (tmp / "epoch-3").exists():
         assert process.poll() is None, process.stdout.read()[-3000:]
@@ -86,19 +106,30 @@ def test_killed_training_job_resumes_bit_identical(prepared, tmp_path):
     checkpoints = sorted(p.name for p in tmp.glob("epoch-*"))
     assert checkpoints and checkpoints[-1] in {"epoch-2", "epoch-3", "epoch-4"}, checkpoints
 
-    rerun = subprocess.run([*snakemake_command(broken), "--rerun-incomplete"],
-                           capture_output=True, text=True, timeout=600)
+    rerun = subprocess.run(
+        [*snakemake_command(broken), "--rerun-incomplete"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     log = (broken / "logs/results/maps/train_split-0.log").read_text()
     assert "resuming from checkpoint" in log and "resumed at epoch" in log
 
-    clean = subprocess.run(snakemake_command(unbroken), capture_output=True, text=True,
-                           timeout=600)
+    clean = subprocess.run(
+        snakemake_command(unbroken), capture_output=True, text=True, timeout=600, check=False
+    )
     assert clean.returncode == 0, clean.stderr[-3000:]
 
     maps_a, maps_b = broken / "results/maps", unbroken / "results/maps"
-    for model in ["final", "best_models/best-loss", "best_models/best-BalancedAccuracy",
-                  "checkpoints/epoch-2", "checkpoints/epoch-5"]:
+    for model in [
+        "final",
+        "best_models/best-loss",
+        "best_models/best-BalancedAccuracy",
+        "checkpoints/epoch-2",
+        "checkpoints/epoch-5",
+    ]:
         path = f"training/split-0/models/{model}/model.pt"
         a, b = weights(maps_a / path), weights(maps_b / path)
         assert a.keys() == b.keys()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from snakemaps.errors import UserError
 from snakemaps.split import assign_splits, check_leakage, check_splittable, participant_labels
 
@@ -14,8 +13,13 @@ def table(n_ad=10, n_cn=14, sessions=3):
     for label, n in (("AD", n_ad), ("CN", n_cn)):
         for i in range(n):
             for s in range(1 + i % sessions):
-                rows.append({"participant_id": f"sub-{label}{i:02d}",
-                             "session_id": f"ses-M{12 * s:03d}", "label": label})
+                rows.append(
+                    {
+                        "participant_id": f"sub-{label}{i:02d}",
+                        "session_id": f"ses-M{12 * s:03d}",
+                        "label": label,
+                    }
+                )
     return pd.DataFrame(rows)
 
 
@@ -67,5 +71,7 @@ def test_more_splits_than_smallest_class_is_refused():
 
 def test_leakage_lists_participants():
     with pytest.raises(UserError, match="sub-02, sub-03") as error:
-        check_leakage({"train": {"sub-01", "sub-02", "sub-03"}, "test group 'x'": {"sub-02", "sub-03"}})
+        check_leakage(
+            {"train": {"sub-01", "sub-02", "sub-03"}, "test group 'x'": {"sub-02", "sub-03"}}
+        )
     assert "2 participant(s)" in str(error.value)

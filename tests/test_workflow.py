@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import TINY, run_snakemake
-
 from snakemaps.maps import Maps
 
 pytestmark = pytest.mark.workflow
@@ -83,11 +82,11 @@ def test_rerun_has_nothing_to_do(demo):
 def test_provenance_records_each_step(demo):
     workdir, _ = demo
     maps = Maps(workdir / "results" / "maps")
-    kinds = {name.split("_")[0] for name in maps.exec.runs.keys()}
+    kinds = {name.split("_")[0] for name in maps.exec.runs}
     assert kinds == {"train", "validate", "test"}
     record = next(
         r
-        for name in maps.exec.runs.keys()
+        for name in maps.exec.runs
         if name.startswith("train")
         for r in maps.open_file(maps.exec.runs[name].provenance_json)
     )

@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: config validation, the experiments (one
+# Helpers shared by every stage: config validation, the experiments (one
 # MAPS each), input functions and wildcard constraints. Nothing here imports
 # torch or the snakemaps package, so building the DAG stays fast.
 import re
@@ -7,7 +7,6 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
-
 
 validate(config, "../config/config.schema.yaml")
 
@@ -22,7 +21,9 @@ MODEL_DIRS = [f"best_models/best-{metric}" for metric in MONITOR] + ["final"]
 # The experiments of this run, by MAPS directory; random search adds its runs.
 EXPERIMENTS = {MAPS_DIR: config}
 # One GPU per torch job where a GPU is visible; profiles may override.
-GPUS_PER_JOB = 1 if config["train"]["device"] != "cpu" and shutil.which("nvidia-smi") else 0
+GPUS_PER_JOB = (
+    1 if config["train"]["device"] != "cpu" and shutil.which("nvidia-smi") else 0
+)
 
 
 def test_groups():
@@ -35,7 +36,9 @@ def test_groups():
 
 def tables():
     """Data set name (train, group-<name>) -> (table path, config key naming it)."""
-    train = f"{DATA_DIR}/synthetic/participants.tsv" if SYNTHETIC else config["data"]["tsv"]
+    train = (
+        f"{DATA_DIR}/synthetic/participants.tsv" if SYNTHETIC else config["data"]["tsv"]
+    )
     found = {"train": (train, "data.tsv")}
     for name, path in test_groups().items():
         found[f"group-{name}"] = (path, f"test.groups.{name}")
@@ -45,7 +48,10 @@ def tables():
 def check_tables():
     """Stop before any job if a configured table does not exist."""
     for path, key in tables().values():
-        if not (SYNTHETIC and path.startswith(f"{DATA_DIR}/synthetic/")) and not Path(path).is_file():
+        if (
+            not (SYNTHETIC and path.startswith(f"{DATA_DIR}/synthetic/"))
+            and not Path(path).is_file()
+        ):
             raise WorkflowError(
                 f"{key}: table not found: {path}. Set {key} to an existing tab-separated file "
                 "with columns participant_id, session_id, label and image."
@@ -126,5 +132,7 @@ def maps_targets(maps):
             for d in MODEL_DIRS
         ]
     for group in test_groups():
-        targets += [f"{maps}/test/group-{group}/summary-{metric}.tsv" for metric in MONITOR]
+        targets += [
+            f"{maps}/test/group-{group}/summary-{metric}.tsv" for metric in MONITOR
+        ]
     return targets

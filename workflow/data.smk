@@ -5,10 +5,12 @@ rule generate_demo:
     output:
         participants="{data}/synthetic/participants.tsv",
         test="{data}/synthetic/test.tsv",
-    params:
-        synthetic=config["data"]["synthetic"],
     log:
         "{data}/logs/generate_demo.log",
+    conda:
+        "../envs/snakemaps.yaml"
+    params:
+        synthetic=config["data"]["synthetic"],
     script:
         "../scripts/generate_demo.py"
 
@@ -19,10 +21,12 @@ rule prepare:
     output:
         manifest="{data}/cache/{dataset}/manifest.tsv",
         info="{data}/cache/{dataset}/manifest.json",
+    log:
+        "{data}/logs/prepare_{dataset}.log",
+    conda:
+        "../envs/snakemaps.yaml"
     params:
         label=config["data"]["label"],
         key=table_key,
-    log:
-        "{data}/logs/prepare_{dataset}.log",
     script:
         "../scripts/prepare.py"

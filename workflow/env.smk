@@ -7,5 +7,7 @@ rule environment:
         system="{maps}/env/system.json",
     log:
         "logs/{maps}/environment.log",
+    conda:
+        "../envs/snakemaps.yaml"
     script:
         "../scripts/environment.py"

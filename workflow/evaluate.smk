@@ -9,15 +9,17 @@ rule validate:
             "{{maps}}/training/split-{{split}}/models/{model}/validation_metrics/aggregated.tsv",
             model=MODEL_DIRS,
         ),
-    params:
-        train=lambda wildcards: exp(wildcards)["train"],
+    log:
+        "logs/{maps}/validate_split-{split}.log",
+    conda:
+        "../envs/snakemaps.yaml"
     threads: 1
     resources:
         gpu=GPUS_PER_JOB,
         mem_mb=4000,
         runtime=60,
-    log:
-        "logs/{maps}/validate_split-{split}.log",
+    params:
+        train=lambda wildcards: exp(wildcards)["train"],
     script:
         "../scripts/validate.py"
 
@@ -30,10 +32,12 @@ rule register_test_group:
         data="{maps}/test/group-{group}/data.tsv",
         dataset="{maps}/test/group-{group}/dataset.json",
         dataloader="{maps}/test/group-{group}/dataloader.json",
-    params:
-        train=lambda wildcards: exp(wildcards)["train"],
     log:
         "logs/{maps}/register_test_group-{group}.log",
+    conda:
+        "../envs/snakemaps.yaml"
+    params:
+        train=lambda wildcards: exp(wildcards)["train"],
     script:
         "../scripts/register_test_group.py"
 
@@ -47,15 +51,17 @@ rule test:
             "{{maps}}/test/group-{{group}}/results/split-{{split}}/{model}/metrics/aggregated.tsv",
             model=MODEL_NAMES,
         ),
-    params:
-        train=lambda wildcards: exp(wildcards)["train"],
+    log:
+        "logs/{maps}/test_group-{group}_split-{split}.log",
+    conda:
+        "../envs/snakemaps.yaml"
     threads: 1
     resources:
         gpu=GPUS_PER_JOB,
         mem_mb=4000,
         runtime=60,
-    log:
-        "logs/{maps}/test_group-{group}_split-{split}.log",
+    params:
+        train=lambda wildcards: exp(wildcards)["train"],
     script:
         "../scripts/test.py"
 
@@ -65,10 +71,12 @@ rule summarize_test:
         group_results,
     output:
         expand("{{maps}}/test/group-{{group}}/summary-{metric}.tsv", metric=MONITOR),
+    log:
+        "logs/{maps}/summarize_test-{group}.log",
+    conda:
+        "../envs/snakemaps.yaml"
     params:
         splits=lambda wildcards: splits(wildcards.maps),
         metrics=MONITOR,
-    log:
-        "logs/{maps}/summarize_test-{group}.log",
     script:
         "../scripts/summarize_test.py"

@@ -12,12 +12,14 @@ rule split:
         metrics="{maps}/metrics.json",
         callbacks="{maps}/callbacks.json",
         optimization="{maps}/training/optimization.json",
+    log:
+        "logs/{maps}/split.log",
+    conda:
+        "../envs/snakemaps.yaml"
     params:
         groups=lambda wildcards: list(test_groups()),
         split=lambda wildcards: exp(wildcards)["split"],
         model=lambda wildcards: exp(wildcards)["model"],
         train=lambda wildcards: exp(wildcards)["train"],
-    log:
-        "logs/{maps}/split.log",
     script:
         "../scripts/split.py"

@@ -13,16 +13,18 @@ rule train:
             "{{maps}}/training/split-{{split}}/models/best_models/best-{metric}/model.pt",
             metric=MONITOR,
         ),
-    params:
-        train=lambda wildcards: exp(wildcards)["train"],
+    log:
+        "logs/{maps}/train_split-{split}.log",
+    benchmark:
+        "logs/{maps}/train_split-{split}.benchmark.tsv"
+    conda:
+        "../envs/snakemaps.yaml"
     threads: 1
     resources:
         gpu=GPUS_PER_JOB,
         mem_mb=4000,
         runtime=240,
-    log:
-        "logs/{maps}/train_split-{split}.log",
-    benchmark:
-        "logs/{maps}/train_split-{split}.benchmark.tsv"
+    params:
+        train=lambda wildcards: exp(wildcards)["train"],
     script:
         "../scripts/train.py"

@@ -7,15 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from . import io
-from .errors import UserError
 from .data.prepare import info_path
+from .errors import UserError
 from .maps import Maps
 from .models.description import resolve_description
 from .split import make_splits
 
 
-def model_json(model: Mapping[str, Any], train: Mapping[str, Any], input_shape: list[int],
-               classes: list[str]) -> dict[str, Any]:
+def model_json(
+    model: Mapping[str, Any], train: Mapping[str, Any], input_shape: list[int], classes: list[str]
+) -> dict[str, Any]:
     description = resolve_description(model, input_shape, len(classes))
     return {
         "name_": "ClassificationModel",
@@ -35,8 +36,12 @@ def callbacks_json(train: Mapping[str, Any]) -> dict[str, Any]:
     stopping = train["early_stopping"]
     return {
         "callbacks": {
-            "ModelCheckpoint": {"name_": "ModelCheckpoint", "metrics": train["monitor"],
-                                "epochs": train["save_epochs"], "save_last": True},
+            "ModelCheckpoint": {
+                "name_": "ModelCheckpoint",
+                "metrics": train["monitor"],
+                "epochs": train["save_epochs"],
+                "save_last": True,
+            },
             "EarlyStopping": {"name_": "EarlyStopping", **stopping},
             "LRScheduler": {"name_": "LRScheduler", **train["lr_scheduler"]},
             "ComputationalMonitor": {"name_": "ComputationalMonitor"},
@@ -60,8 +65,13 @@ def optimization_json(train: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def create_maps(
-    maps_dir: str | Path, manifest: str | Path, test_manifests: Mapping[str, str | Path], *,
-    split: Mapping[str, Any], model: Mapping[str, Any], train: Mapping[str, Any],
+    maps_dir: str | Path,
+    manifest: str | Path,
+    test_manifests: Mapping[str, str | Path],
+    *,
+    split: Mapping[str, Any],
+    model: Mapping[str, Any],
+    train: Mapping[str, Any],
 ) -> Path:
     """Write the MAPS root files and ``training/data``; return the split manifest path."""
     from .train.metrics import check_metric_names, metrics_json
@@ -72,9 +82,15 @@ def create_maps(
     if missing:
         raise UserError(f"train.monitor: {missing} must also be listed in train.metrics")
     manifest_path = make_splits(
-        maps_dir, manifest, test_manifests, n_splits=split["n_splits"], seed=split["seed"],
-        validation_fraction=split["validation_fraction"], longitudinal=split["longitudinal"],
-        batch_size=train["batch_size"], num_workers=train["num_workers"],
+        maps_dir,
+        manifest,
+        test_manifests,
+        n_splits=split["n_splits"],
+        seed=split["seed"],
+        validation_fraction=split["validation_fraction"],
+        longitudinal=split["longitudinal"],
+        batch_size=train["batch_size"],
+        num_workers=train["num_workers"],
     )
     classes = io.read_json(manifest_path)["classes"]
     shape = io.read_json(info_path(manifest))["shape"]

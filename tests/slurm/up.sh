@@ -40,10 +40,18 @@ show_logs() {
         fi
     done
 }
+# Exit codes: 1 = the cluster did not come up, 2 = not root (and the cluster is
+# not up), 3 = the packages could not be installed.
 die() {
     echo "[slurm up] ERROR: $*" >&2
     show_logs
     exit 1
+}
+die_code() {
+    local code=$1
+    shift
+    echo "[slurm up] ERROR: $*" >&2
+    exit "$code"
 }
 
 # alive NAME: the daemon NAME recorded in $STATE_DIR/NAME.pid is running
@@ -74,7 +82,7 @@ if [[ $EUID -ne 0 ]]; then
         say "cluster snakemaps-test is up: node $NODE is $(node_state) (not root: nothing checked or changed)"
         exit 0
     fi
-    die "the cluster is not up and starting it needs root (run: sudo $0)"
+    die_code 2 "the cluster is not up and starting it needs root (run: sudo $0)"
 fi
 
 # ---------------------------------------------------------------- packages
@@ -83,17 +91,17 @@ for cmd in munged slurmctld slurmd sinfo sbatch squeue scontrol; do
     command -v "$cmd" >/dev/null || missing+=("$cmd")
 done
 if ((${#missing[@]})); then
-    command -v apt-get >/dev/null || die "missing ${missing[*]} and no apt-get to install them"
+    command -v apt-get >/dev/null || die_code 3 "missing ${missing[*]} and no apt-get to install them"
     say "installing ${PACKAGES[*]} (missing: ${missing[*]})"
     export DEBIAN_FRONTEND=noninteractive
     if ! apt-get install -y --no-install-recommends "${PACKAGES[@]}" >/tmp/snakemaps-slurm-apt.log 2>&1; then
         say "apt-get install failed, running apt-get update and retrying"
         apt-get update >>/tmp/snakemaps-slurm-apt.log 2>&1 || true
         apt-get install -y --no-install-recommends "${PACKAGES[@]}" >>/tmp/snakemaps-slurm-apt.log 2>&1 \
-            || { tail -n 20 /tmp/snakemaps-slurm-apt.log >&2; die "apt-get install ${PACKAGES[*]} failed (log: /tmp/snakemaps-slurm-apt.log)"; }
+            || { tail -n 20 /tmp/snakemaps-slurm-apt.log >&2; die_code 3 "apt-get install ${PACKAGES[*]} failed (log: /tmp/snakemaps-slurm-apt.log)"; }
     fi
     for cmd in munged slurmctld slurmd sinfo sbatch squeue scontrol; do
-        command -v "$cmd" >/dev/null || die "$cmd still missing after installing ${PACKAGES[*]}"
+        command -v "$cmd" >/dev/null || die_code 3 "$cmd still missing after installing ${PACKAGES[*]}"
     done
     say "installed packages ($(elapsed) s)"
 fi
@@ -140,7 +148,7 @@ mem=$(echo "$hw" | sed -n 's/.*RealMemory=\([0-9]*\).*/\1/p')
 [[ -n $cpus && -n $mem ]] || die "could not read CPUs/RealMemory from: $hw"
 
 if [[ -e $CONF ]] && ! grep -qF "$MARKER" "$CONF" && [[ ${SNAKEMAPS_SLURM_FORCE:-0} != 1 ]]; then
-    die "$CONF exists and was not written by this script; refusing to overwrite it (set SNAKEMAPS_SLURM_FORCE=1 to override)"
+    die_code 1 "$CONF exists and was not written by this script; refusing to overwrite it (set SNAKEMAPS_SLURM_FORCE=1 to override)"
 fi
 
 new_conf=$(mktemp)
@@ -157,6 +165,7 @@ SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 MpiDefault=none
+MailProg=/bin/true
 SwitchType=switch/none
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

@@ -41,12 +41,10 @@ def load_image(path: str | Path) -> np.ndarray:
 
             array = torch.load(path, map_location="cpu", weights_only=True).numpy()
         else:
-            raise UserError(
-                f"unsupported image format: {path}; use .nii, .nii.gz, .npy or .pt"
-            )
+            raise UserError(f"unsupported image format: {path}; use .nii, .nii.gz, .npy or .pt")
     except UserError:
         raise
-    except Exception as error:  # any decoder failure means an unreadable image
+    except Exception as error:  # noqa: BLE001 - any decoder failure means an unreadable image
         raise UserError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
     array = np.asarray(array, dtype=np.float32)
     if array.ndim == 4 and array.shape[-1] == 1:
@@ -66,7 +64,10 @@ def min_max(array: np.ndarray) -> np.ndarray:
 
 
 def prepare_cache(
-    table: str | Path, cache_dir: str | Path, manifest: str | Path, label: str = "label",
+    table: str | Path,
+    cache_dir: str | Path,
+    manifest: str | Path,
+    label: str = "label",
     key: str = "data.tsv",
 ) -> Path:
     """Convert every image of ``table`` to ``cache_dir/<participant>_<session>.npy``.
@@ -106,7 +107,11 @@ def prepare_cache(
     io.write_tsv(manifest, frame)
     logger.info(
         "tensor cache ready: %d images of shape %s (%d reused) in %.1f s -> %s",
-        len(frame), shape, reused, time.monotonic() - started, manifest,
+        len(frame),
+        shape,
+        reused,
+        time.monotonic() - started,
+        manifest,
     )
     return manifest
 
@@ -125,5 +130,8 @@ def read_manifest(manifest: str | Path) -> pd.DataFrame:
 
 
 def covariate_columns(frame: pd.DataFrame) -> list[str]:
-    return [c for c in frame.columns if c not in ("participant_id", "session_id", "label",
-                                                   "image", "tensor")]
+    return [
+        c
+        for c in frame.columns
+        if c not in ("participant_id", "session_id", "label", "image", "tensor")
+    ]

@@ -72,7 +72,7 @@ VENTRICLE_CENTRE_MM = (0.0, -8.0, 15.0)
 VENTRICLE_RADII_MM = (14.0, 28.0, 16.0)
 
 # Disease and ageing model. ``effect_size`` scales MTL_ATROPHY.
-MTL_ATROPHY = 0.5  # grey-matter fraction lost at an MTL centre, AD severity 1, effect_size 1
+MTL_ATROPHY = 0.6  # tissue fraction lost at an MTL centre (AD severity 1, effect_size 1)
 AD_SEVERITY = (0.55, 1.0)  # uniform range at baseline
 CN_SEVERITY = (0.0, 0.3)
 AD_PROGRESSION_PER_YEAR = (0.08, 0.16)
@@ -391,13 +391,15 @@ def _participant_images(
         )
         t1, gm, mask = (sample(volume) for volume in (grid.t1, grid.gm, grid.mask))
 
-        atrophy = np.zeros_like(t1)
+        # Ageing: grey matter everywhere partly replaced by CSF.
+        image = t1 - (T1_GM - T1_CSF) * gm * min(AGE_GM_LOSS_PER_YEAR * ageing, 0.5)
+        # Medial temporal atrophy: tissue (mostly grey matter) replaced by CSF.
+        mtl = np.zeros_like(t1)
         amount = effect_size * MTL_ATROPHY * (severity + progression * years)
         for centre_mm, side in zip(MTL_CENTRES_MM, asymmetry):
-            atrophy += amount * side * _ellipsoid(points, centre_mm, MTL_RADII_MM)
-        atrophy += AGE_GM_LOSS_PER_YEAR * ageing
-        lost_gm = gm * np.clip(atrophy, 0.0, 0.95)
-        image = (t1 - (T1_GM - T1_CSF) * lost_gm) * contrast
+            mtl += amount * side * _ellipsoid(points, centre_mm, MTL_RADII_MM)
+        image -= np.clip(image - T1_CSF, 0.0, None) * np.clip(mtl, 0.0, 0.95)
+        image *= contrast
 
         image = image.reshape(shape) * bias
         image += rng.normal(0.0, noise, shape).astype(np.float32) * np.clip(

@@ -43,16 +43,16 @@ def read_table(path: str | Path, label: str = "label", key: str = "data.tsv") ->
             raise UserError(f"{path}: empty {column!r} on line(s) {rows}; fill them in")
     duplicated = frame[frame.duplicated(["participant_id", "session_id"], keep=False)]
     if not duplicated.empty:
-        pairs = sorted({f"{p}/{s}" for p, s in zip(duplicated.participant_id, duplicated.session_id)})
+        pairs = sorted(
+            {f"{p}/{s}" for p, s in zip(duplicated.participant_id, duplicated.session_id)}
+        )
         raise UserError(
             f"{path}: duplicate (participant_id, session_id) pair(s): {', '.join(pairs[:10])}; "
             "each session must appear once"
         )
     frame = frame.rename(columns={label: "label"}) if label != "label" else frame
     frame["image"] = [str(resolve_image(path.parent, image)) for image in frame["image"]]
-    return frame.sort_values(["participant_id", "session_id"], kind="stable").reset_index(
-        drop=True
-    )
+    return frame.sort_values(["participant_id", "session_id"], kind="stable").reset_index(drop=True)
 
 
 def resolve_image(folder: Path, image: str) -> Path:

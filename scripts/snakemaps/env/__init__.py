@@ -22,23 +22,29 @@ LOCK_FILES = ("requirements.lock", "uv.lock", "poetry.lock", "pixi.lock", "conda
 
 
 def pip_freeze() -> str:
-    result = subprocess.run([sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "freeze", "--all"], capture_output=True, text=True, check=True
+    )
     return result.stdout
 
 
 def header(target: Path) -> str:
-    return "\n".join([
-        "# snakemaps environment snapshot",
-        f"# timestamp: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}",
-        f"# python_version: {platform.python_version()}",
-        f"# python_implementation: {platform.python_implementation()}",
-        f"# executable: {sys.executable}",
-        f"# platform: {platform.platform()}",
-        f"# machine: {platform.machine()}",
-        f"# processor: {platform.processor() or platform.machine()}",
-        f"# recreate with: pip install -r {target}",
-    ]) + "\n\n"
+    return (
+        "\n".join(
+            [
+                "# snakemaps environment snapshot",
+                f"# timestamp: {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}",
+                f"# python_version: {platform.python_version()}",
+                f"# python_implementation: {platform.python_implementation()}",
+                f"# executable: {sys.executable}",
+                f"# platform: {platform.platform()}",
+                f"# machine: {platform.machine()}",
+                f"# processor: {platform.processor() or platform.machine()}",
+                f"# recreate with: pip install -r {target}",
+            ]
+        )
+        + "\n\n"
+    )
 
 
 def system_facts() -> dict[str, Any]:
@@ -47,16 +53,25 @@ def system_facts() -> dict[str, Any]:
     try:
         import torch
 
-        facts.update(torch=torch.__version__, cuda=torch.version.cuda,
-                     cuda_available=torch.cuda.is_available(),
-                     cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None)
+        facts.update(
+            torch=torch.__version__,
+            cuda=torch.version.cuda,
+            cuda_available=torch.cuda.is_available(),
+            cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        )
         if torch.cuda.is_available():
-            facts["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            facts["gpus"] = [
+                torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
+            ]
     except ImportError:
         facts["torch"] = None
     if shutil.which("nvidia-smi"):
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                              "--format=csv,noheader"], capture_output=True, text=True)
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         facts["nvidia_smi"] = out.stdout.strip().splitlines()
     return facts
 
@@ -67,8 +82,11 @@ def packages(text: str) -> dict[str, str]:
 
 
 def diff_packages(old: dict[str, str], new: dict[str, str]) -> list[str]:
-    changes = [f"{name}: {old[name]} -> {new[name]}" for name in sorted(old.keys() & new.keys())
-               if old[name] != new[name]]
+    changes = [
+        f"{name}: {old[name]} -> {new[name]}"
+        for name in sorted(old.keys() & new.keys())
+        if old[name] != new[name]
+    ]
     changes += [f"{name} removed" for name in sorted(old.keys() - new.keys())]
     changes += [f"{name} added ({new[name]})" for name in sorted(new.keys() - old.keys())]
     return changes
@@ -82,13 +100,20 @@ def snapshot(maps_dir: str | Path, project_dir: str | Path = ".") -> Path:
     if target.exists():
         changes = diff_packages(packages(target.read_text()), packages(freeze))
         if changes:
-            logger.warning("the environment differs from the one recorded in %s: %s", target,
-                           "; ".join(changes[:20]) + (" ..." if len(changes) > 20 else ""))
+            logger.warning(
+                "the environment differs from the one recorded in %s: %s",
+                target,
+                "; ".join(changes[:20]) + (" ..." if len(changes) > 20 else ""),
+            )
     io.atomic_write_text(target, header(target) + freeze)
     if os.environ.get("CONDA_PREFIX") and shutil.which("conda"):
-        for path, extra in ((env.environment_yml, []),
-                            (env.environment_portable_yml, ["--no-builds", "--ignore-channels"])):
-            out = subprocess.run(["conda", "env", "export", *extra], capture_output=True, text=True)
+        for path, extra in (
+            (env.environment_yml, []),
+            (env.environment_portable_yml, ["--no-builds", "--ignore-channels"]),
+        ):
+            out = subprocess.run(
+                ["conda", "env", "export", *extra], capture_output=True, text=True, check=False
+            )
             if out.returncode == 0:
                 io.atomic_write_text(path, out.stdout)
     for name in LOCK_FILES:

@@ -33,8 +33,15 @@ def model_epoch(maps: Maps, split: int, model: str) -> int:
     return int(log.loc[best, "epoch"])
 
 
-def _evaluate(maps: Maps, split: int, model: str, frame: pd.DataFrame, device: str,
-              batch_size: int, threads: int) -> tuple[dict[str, float], pd.DataFrame, dict]:
+def _evaluate(
+    maps: Maps,
+    split: int,
+    model: str,
+    frame: pd.DataFrame,
+    device: str,
+    batch_size: int,
+    threads: int,
+) -> tuple[dict[str, float], pd.DataFrame, dict]:
     import torch
 
     from ..data.dataset import CachedImages
@@ -57,26 +64,48 @@ def _evaluate(maps: Maps, split: int, model: str, frame: pd.DataFrame, device: s
     values = M.compute(metric_names, labels, probs, losses)
     details = M.details_frame(data.frame, indices, labels, probs, losses, data.classes)
     computational = {
-        "name_": "ComputationalConfig", "gpu": dev.type == "cuda", "non_blocking": True,
-        "amp": dtype is not None, "channels_last": False, "seed": None, "deterministic": False,
-        "seconds": round(time.perf_counter() - started, 3), "n_images": len(data),
+        "name_": "ComputationalConfig",
+        "gpu": dev.type == "cuda",
+        "non_blocking": True,
+        "amp": dtype is not None,
+        "channels_last": False,
+        "seed": None,
+        "deterministic": False,
+        "seconds": round(time.perf_counter() - started, 3),
+        "n_images": len(data),
     }
     return values, details, computational
 
 
-def validate_checkpoints(maps_dir: str | Path, split: int, models: Sequence[str], *,
-                         device: str = "auto", batch_size: int = 8, threads: int = 1) -> list[Path]:
+def validate_checkpoints(
+    maps_dir: str | Path,
+    split: int,
+    models: Sequence[str],
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    threads: int = 1,
+) -> list[Path]:
     """Write ``validation_metrics/{aggregated,details}.tsv`` beside each model of a split."""
     maps = Maps(maps_dir)
-    maps.record_run("validate", {"step": f"validate split-{split}", "models": list(models),
-                                 "split_manifest_hash": load_manifest(maps_dir)["hash"]})
+    maps.record_run(
+        "validate",
+        {
+            "step": f"validate split-{split}",
+            "models": list(models),
+            "split_manifest_hash": load_manifest(maps_dir)["hash"],
+        },
+    )
     frame = split_frame(maps_dir, split, "validation")
     written = []
     for model in models:
         target = maps.split(split).models.get(model)
         files = target.validation_metrics
-        if (files.aggregated_tsv.exists() and files.details_tsv.exists()
-                and files.aggregated_tsv.stat().st_mtime >= target.model_pt.stat().st_mtime):
+        if (
+            files.aggregated_tsv.exists()
+            and files.details_tsv.exists()
+            and files.aggregated_tsv.stat().st_mtime >= target.model_pt.stat().st_mtime
+        ):
             logger.info("split-%d %s: already evaluated, kept", split, model)
             written.append(files.aggregated_tsv)
             continue
@@ -84,16 +113,23 @@ def validate_checkpoints(maps_dir: str | Path, split: int, models: Sequence[str]
         epoch = model_epoch(maps, split, model)
         details.insert(0, "epoch", epoch)
         Maps.save_file(details, files.details_tsv, overwrite=True)
-        Maps.save_file(pd.DataFrame([{"epoch": epoch, **values}]), files.aggregated_tsv,
-                       overwrite=True)
-        logger.info("split-%d %s (epoch %d): %s", split, model, epoch,
-                    " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        Maps.save_file(
+            pd.DataFrame([{"epoch": epoch, **values}]), files.aggregated_tsv, overwrite=True
+        )
+        logger.info(
+            "split-%d %s (epoch %d): %s",
+            split,
+            model,
+            epoch,
+            " ".join(f"{k} {v:.4f}" for k, v in values.items()),
+        )
         written.append(files.aggregated_tsv)
     return written
 
 
-def register_test_group(maps_dir: str | Path, group: str, manifest: str | Path,
-                        batch_size: int) -> Path:
+def register_test_group(
+    maps_dir: str | Path, group: str, manifest: str | Path, batch_size: int
+) -> Path:
     """Write ``test/group-<g>/{data.tsv,dataset.json,dataloader.json}`` after a leakage check."""
     from ..data.prepare import read_manifest
     from ..split import dataloader_description, dataset_description, public_columns
@@ -101,20 +137,38 @@ def register_test_group(maps_dir: str | Path, group: str, manifest: str | Path,
     maps = Maps(maps_dir)
     split_manifest = load_manifest(maps_dir)
     frame = read_manifest(manifest)
-    seen = {p for side in split_manifest["splits"].values() for key in ("train", "validation")
-            for p, _ in side[key]}
-    check_leakage({"training/validation": seen, f"test group {group!r}": set(frame["participant_id"])})
+    seen = {
+        p
+        for side in split_manifest["splits"].values()
+        for key in ("train", "validation")
+        for p, _ in side[key]
+    }
+    check_leakage(
+        {"training/validation": seen, f"test group {group!r}": set(frame["participant_id"])}
+    )
     target = maps.test_group(group)
     Maps.save_file(public_columns(frame), target.data_tsv, overwrite=True)
-    Maps.save_file(dataset_description(frame, manifest, split_manifest["classes"]),
-                   target.dataset_json, overwrite=True)
-    Maps.save_file(dataloader_description(batch_size, False, 0), target.dataloader_json,
-                   overwrite=True)
+    Maps.save_file(
+        dataset_description(frame, manifest, split_manifest["classes"]),
+        target.dataset_json,
+        overwrite=True,
+    )
+    Maps.save_file(
+        dataloader_description(batch_size, False, 0), target.dataloader_json, overwrite=True
+    )
     return target.data_tsv
 
 
-def evaluate_test_group(maps_dir: str | Path, group: str, split: int, models: Sequence[str], *,
-                     device: str = "auto", batch_size: int = 8, threads: int = 1) -> list[Path]:
+def evaluate_test_group(
+    maps_dir: str | Path,
+    group: str,
+    split: int,
+    models: Sequence[str],
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    threads: int = 1,
+) -> list[Path]:
     """Evaluate the models of a split on a test group (results/split-<k>/<model>/)."""
     from ..data.prepare import read_manifest
 
@@ -124,24 +178,35 @@ def evaluate_test_group(maps_dir: str | Path, group: str, split: int, models: Se
         raise UserError(f"missing {group_dir.data_tsv}: register the test group first")
     dataset = io.read_json(group_dir.dataset_json)
     frame = read_manifest(dataset["cache_manifest"])
-    maps.record_run("test", {"step": f"test group-{group} split-{split}", "models": list(models),
-                             "split_manifest_hash": load_manifest(maps_dir)["hash"]})
+    maps.record_run(
+        "test",
+        {
+            "step": f"test group-{group} split-{split}",
+            "models": list(models),
+            "split_manifest_hash": load_manifest(maps_dir)["hash"],
+        },
+    )
     written = []
     for model in models:
-        values, details, computational = _evaluate(maps, split, model, frame, device, batch_size,
-                                                   threads)
+        values, details, computational = _evaluate(
+            maps, split, model, frame, device, batch_size, threads
+        )
         result = group_dir.results.splits[split].models[model]
         Maps.save_file(computational, result.computational_json, overwrite=True)
         Maps.save_file(details, result.metrics.details_tsv, overwrite=True)
         Maps.save_file(pd.DataFrame([values]), result.metrics.aggregated_tsv, overwrite=True)
-        logger.info("group-%s split-%d %s: %s", group, split, model,
-                    " ".join(f"{k} {v:.4f}" for k, v in values.items()))
+        logger.info(
+            "group-%s split-%d %s: %s",
+            group,
+            split,
+            model,
+            " ".join(f"{k} {v:.4f}" for k, v in values.items()),
+        )
         written.append(result.metrics.aggregated_tsv)
     return written
 
 
-def summarize_group(maps_dir: str | Path, group: str, metric: str,
-                    splits: Sequence[int]) -> Path:
+def summarize_group(maps_dir: str | Path, group: str, metric: str, splits: Sequence[int]) -> Path:
     """One row per split for ``best-<metric>``, then mean and std: the table a paper reports."""
     maps = Maps(maps_dir)
     group_dir = maps.test_group(group)
@@ -152,9 +217,16 @@ def summarize_group(maps_dir: str | Path, group: str, metric: str,
         rows.append({"split": str(split), **values})
     frame = pd.DataFrame(rows)
     numeric = frame.drop(columns="split")
-    frame = pd.concat([
-        frame,
-        pd.DataFrame([{"split": "mean", **numeric.mean().to_dict()},
-                      {"split": "std", **numeric.std(ddof=1).to_dict()}]),
-    ], ignore_index=True)
+    frame = pd.concat(
+        [
+            frame,
+            pd.DataFrame(
+                [
+                    {"split": "mean", **numeric.mean().to_dict()},
+                    {"split": "std", **numeric.std(ddof=1).to_dict()},
+                ]
+            ),
+        ],
+        ignore_index=True,
+    )
     return Maps.save_file(frame, group_dir.summary_tsv(metric), overwrite=True)

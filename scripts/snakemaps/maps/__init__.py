@@ -218,6 +218,8 @@ class Maps:
                 split.warning_log,
                 split.logs.training_loss_tsv,
                 split.logs.computational_tsv,
+                split.validation_metrics.aggregated_tsv,
+                split.validation_metrics.details_tsv,
             ]
             for name in split.models.names():
                 model = split.models.get(name)
@@ -289,7 +291,9 @@ class Maps:
             records.append(full)
             io.write_json(run.provenance_json, records)
             old = run.info_log.read_text() if run.info_log.exists() else ""
-            line = f"{full['timestamp']} {kind} {record.get('step', '')} started on {full['host']}\n"
+            line = (
+                f"{full['timestamp']} {kind} {record.get('step', '')} started on {full['host']}\n"
+            )
             io.atomic_write_text(run.info_log, old + line)
             if not run.error_log.exists():
                 io.atomic_write_text(run.error_log, "")

@@ -1,6 +1,5 @@
 """Network descriptions (torch-free): ClinicaDL ``convolutions`` / ``fc`` dicts."""
 
-
 from __future__ import annotations
 
 import math
@@ -11,13 +10,18 @@ from ..errors import UserError
 
 
 def default_description(
-    conv_channels: Sequence[int], n_outputs: int, dropout: float, normalization: str | None,
+    conv_channels: Sequence[int],
+    n_outputs: int,
+    dropout: float,
+    normalization: str | None,
     in_channels: int = 1,
 ) -> dict[str, Any]:
     convolutions, previous = {}, in_channels
     for i, channels in enumerate(conv_channels):
         convolutions[f"conv{i}"] = {
-            "in_channels": previous, "out_channels": int(channels), "n_conv": 1,
+            "in_channels": previous,
+            "out_channels": int(channels),
+            "n_conv": 1,
             "d_reduction": "MaxPooling",
         }
         previous = int(channels)
@@ -69,8 +73,9 @@ def resolve_description(
             )
         return description
     return default_description(
-        model.get("conv_channels", [8, 16, 32, 32]), n_outputs, model.get("dropout", 0.0),
-        model.get("network_normalization", "BatchNorm"), in_channels=input_shape[0],
+        model.get("conv_channels", [8, 16, 32, 32]),
+        n_outputs,
+        model.get("dropout", 0.0),
+        model.get("network_normalization", "BatchNorm"),
+        in_channels=input_shape[0],
     )
-
-

@@ -18,7 +18,9 @@ def _norm(kind: str | None, channels: int) -> nn.Module:
         return nn.InstanceNorm3d(channels, affine=True)
     if kind is None:
         return nn.Identity()
-    raise UserError(f"model.network_normalization: unknown {kind!r}; use BatchNorm, InstanceNorm or null")
+    raise UserError(
+        f"model.network_normalization: unknown {kind!r}; use BatchNorm, InstanceNorm or null"
+    )
 
 
 class CNN(nn.Module):
@@ -71,9 +73,11 @@ def summary(network: nn.Module, input_shape: Sequence[int]) -> str:
     hooks = []
     for name, module in network.named_modules():
         if len(list(module.children())) == 0:
+
             def hook(mod, _inp, out, name=name):
                 params = sum(p.numel() for p in mod.parameters())
                 rows.append((f"{name} ({type(mod).__name__})", str(tuple(out.shape)), params))
+
             hooks.append(module.register_forward_hook(hook))
     was_training = network.training
     network.eval()
@@ -87,6 +91,10 @@ def summary(network: nn.Module, input_shape: Sequence[int]) -> str:
     lines += [f"{n:<{width}}{s:<28}{p:>12,}" for n, s, p in rows]
     total = sum(p.numel() for p in network.parameters())
     trainable = sum(p.numel() for p in network.parameters() if p.requires_grad)
-    lines += ["-" * (width + 40), f"input shape: {tuple(input_shape)}",
-              f"total parameters: {total:,}", f"trainable parameters: {trainable:,}"]
+    lines += [
+        "-" * (width + 40),
+        f"input shape: {tuple(input_shape)}",
+        f"total parameters: {total:,}",
+        f"trainable parameters: {trainable:,}",
+    ]
     return "\n".join(lines) + "\n"

@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .. import io
@@ -112,7 +111,7 @@ def dataset_description(frame: pd.DataFrame, manifest: Path, classes: list[str])
         "cache_manifest": str(Path(manifest).resolve()),
         "label": "label",
         "classes": classes,
-        "n_images": int(len(frame)),
+        "n_images": len(frame),
         "n_participants": int(frame["participant_id"].nunique()),
     }
 
@@ -169,17 +168,25 @@ def make_splits(
             (data.validation.splits[k], val_rows, False),
         ):
             maps.save_file(public_columns(rows), subset.data_tsv, overwrite=True)
-            maps.save_file(dataset_description(rows, manifest, classes), subset.dataset_json,
-                           overwrite=True)
-            maps.save_file(dataloader_description(batch_size, shuffle, num_workers),
-                           subset.dataloader_json, overwrite=True)
+            maps.save_file(
+                dataset_description(rows, manifest, classes), subset.dataset_json, overwrite=True
+            )
+            maps.save_file(
+                dataloader_description(batch_size, shuffle, num_workers),
+                subset.dataloader_json,
+                overwrite=True,
+            )
         splits[str(k)] = {
             "train": list(zip(train_rows.participant_id, train_rows.session_id)),
             "validation": list(zip(val_rows.participant_id, val_rows.session_id)),
         }
         logger.info(
             "split-%d: %d train images (%d participants), %d validation images (%d participants)",
-            k, len(train_rows), len(train), len(val_rows), len(validation),
+            k,
+            len(train_rows),
+            len(train),
+            len(val_rows),
+            len(validation),
         )
     with io.locked(data.data_tsv):
         maps.save_file(public_columns(frame), data.data_tsv, overwrite=True)
@@ -193,8 +200,9 @@ def make_splits(
         "test_groups": {name: sorted(set(t["participant_id"])) for name, t in tests.items()},
         "splits": splits,
     }
-    maps.save_file({**content, "hash": content_hash(content)}, data.split_manifest_json,
-                   overwrite=True)
+    maps.save_file(
+        {**content, "hash": content_hash(content)}, data.split_manifest_json, overwrite=True
+    )
     logger.info("wrote %d split(s) to %s", len(folds), data.path)
     return data.split_manifest_json
 

@@ -38,7 +38,9 @@ def build_scheduler(optimizer: Any, config: Mapping[str, Any], epochs: int) -> A
     return lr_scheduler.ReduceLROnPlateau(optimizer, factor=config["gamma"])
 
 
-def train_split(maps_dir: str | Path, split: int, train: Mapping[str, Any], threads: int = 1) -> Path:
+def train_split(
+    maps_dir: str | Path, split: int, train: Mapping[str, Any], threads: int = 1
+) -> Path:
     """Train split ``split`` of the MAPS (resuming from tmp/ if a checkpoint exists).
 
     ``train`` is the ``train`` section of the configuration. The network comes
@@ -74,13 +76,16 @@ def train_split(maps_dir: str | Path, split: int, train: Mapping[str, Any], thre
 
     network = build_network(model["network"])
     channels_last = train["channels_last"]
-    network = network.to(device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+    network = network.to(
+        device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
+    )
     with io.locked(maps.nn_summary_txt):
         if not maps.nn_summary_txt.exists():
             Maps.save_file(summary(network, model["input_shape"]), maps.nn_summary_txt)
             Maps.save_file(str(network) + "\n", maps.architecture_log, overwrite=True)
-    optimizer = build_optimizer(train["optimizer"], network.parameters(), train["learning_rate"],
-                                train["weight_decay"])
+    optimizer = build_optimizer(
+        train["optimizer"], network.parameters(), train["learning_rate"], train["weight_decay"]
+    )
     scheduler = build_scheduler(optimizer, train["lr_scheduler"], train["epochs"])
     if train["compile"]:
         network = torch.compile(network)
@@ -88,41 +93,64 @@ def train_split(maps_dir: str | Path, split: int, train: Mapping[str, Any], thre
     cuda = device.type == "cuda"
     callbacks = [
         ModelCheckpoint(list(train["monitor"]), list(train["save_epochs"])),
-        LRScheduler(scheduler, train["optimizer"],
-                    split_dir.logs.learning_rate_tsv(train["optimizer"])),
+        LRScheduler(
+            scheduler, train["optimizer"], split_dir.logs.learning_rate_tsv(train["optimizer"])
+        ),
         ComputationalMonitor(split_dir.logs.computational_tsv, cuda),
         ProgressLogger(),
     ]
     stopping = train["early_stopping"]
     if stopping["patience"]:
-        callbacks.insert(1, EarlyStopping(stopping["metric"], stopping["patience"],
-                                          stopping["tolerance"]))
+        callbacks.insert(
+            1, EarlyStopping(stopping["metric"], stopping["patience"], stopping["tolerance"])
+        )
     callbacks.append(ResumeCheckpoint(train["checkpoint_every"]))
 
     settings = Settings(
-        epochs=train["epochs"], batch_size=train["batch_size"], device=device,
-        amp=train["amp"], channels_last=channels_last,
-        accumulation_steps=train["accumulation_steps"], clip_grad_norm=train["clip_grad_norm"],
-        evaluation_interval=train["evaluation_interval"], seed=seed,
-        deterministic=train["deterministic"], num_workers=train["num_workers"],
+        epochs=train["epochs"],
+        batch_size=train["batch_size"],
+        device=device,
+        amp=train["amp"],
+        channels_last=channels_last,
+        accumulation_steps=train["accumulation_steps"],
+        clip_grad_norm=train["clip_grad_norm"],
+        evaluation_interval=train["evaluation_interval"],
+        seed=seed,
+        deterministic=train["deterministic"],
+        num_workers=train["num_workers"],
     )
     semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
     trainer = Trainer(
-        maps=maps, split=split, network=network, optimizer=optimizer,
-        optimizer_name=train["optimizer"], train_data=train_data, val_data=val_data,
-        settings=settings, metric_names=train["metrics"], callbacks=callbacks,
+        maps=maps,
+        split=split,
+        network=network,
+        optimizer=optimizer,
+        optimizer_name=train["optimizer"],
+        train_data=train_data,
+        val_data=val_data,
+        settings=settings,
+        metric_names=train["metrics"],
+        callbacks=callbacks,
         fingerprint=fingerprint(semantic, model["network"], manifest["hash"], split),
     )
     Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
-    maps.record_run("train", {"step": f"train split-{split}", "config": dict(train),
-                              "split_manifest_hash": manifest["hash"], **system_facts(device)})
+    maps.record_run(
+        "train",
+        {
+            "step": f"train split-{split}",
+            "config": dict(train),
+            "split_manifest_hash": manifest["hash"],
+            **system_facts(device),
+        },
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         try:
             trainer.fit()
         finally:
-            text = "".join(f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n"
-                           for w in caught)
+            text = "".join(
+                f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
+            )
             Maps.save_file(text, split_dir.warning_log, overwrite=True)
     return split_dir.models.final.model_pt
 
@@ -156,7 +184,10 @@ def system_facts(device: Any) -> dict[str, Any]:
     }
     try:
         facts["git_commit"] = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
             cwd=Path(__file__).resolve().parent,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

@@ -37,13 +37,29 @@ if TYPE_CHECKING:
 logger = logging.getLogger("snakemaps.train")
 
 EVENTS = (
-    "on_train_start", "on_resume", "on_epoch_start", "on_batch_start",
-    "on_forward_step_start", "on_backward_step_start", "on_backward_step_end",
-    "on_optimization_step_start", "on_optimization_step_end", "on_batch_end",
-    "on_validation_start", "on_evaluation_step_start", "on_metrics_computation_start",
-    "on_metrics_computation_end", "on_validation_end", "on_epoch_end", "on_train_end",
-    "on_validate_start", "on_validate_end", "on_test_start", "on_test_end",
-    "on_exception", "on_checkpoint",
+    "on_train_start",
+    "on_resume",
+    "on_epoch_start",
+    "on_batch_start",
+    "on_forward_step_start",
+    "on_backward_step_start",
+    "on_backward_step_end",
+    "on_optimization_step_start",
+    "on_optimization_step_end",
+    "on_batch_end",
+    "on_validation_start",
+    "on_evaluation_step_start",
+    "on_metrics_computation_start",
+    "on_metrics_computation_end",
+    "on_validation_end",
+    "on_epoch_end",
+    "on_train_end",
+    "on_validate_start",
+    "on_validate_end",
+    "on_test_start",
+    "on_test_end",
+    "on_exception",
+    "on_checkpoint",
 )
 
 
@@ -109,7 +125,11 @@ class ModelCheckpoint(Callback):
     name = "ModelCheckpoint"
 
     def __init__(self, monitor: list[str], save_epochs: list[int], save_last: bool = True) -> None:
-        self.monitor, self.save_epochs, self.save_last = monitor, sorted(set(save_epochs)), save_last
+        self.monitor, self.save_epochs, self.save_last = (
+            monitor,
+            sorted(set(save_epochs)),
+            save_last,
+        )
         self.best: dict[str, dict[str, float | int]] = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -193,7 +213,9 @@ class EarlyStopping(Callback):
             trainer.state.should_stop = True
             logger.info(
                 "early stopping at epoch %d: %s has not improved for %d validations",
-                trainer.state.current_epoch, self.metric, self.bad,
+                trainer.state.current_epoch,
+                self.metric,
+                self.bad,
             )
 
 
@@ -203,7 +225,9 @@ class LRScheduler(Callback):
     name = "LRScheduler"
     rows = "train"  # log rows are per optimisation step
 
-    def __init__(self, scheduler: Any, optimizer_name: str, path: Path, monitor: str = "loss") -> None:
+    def __init__(
+        self, scheduler: Any, optimizer_name: str, path: Path, monitor: str = "loss"
+    ) -> None:
         self.scheduler, self.monitor = scheduler, monitor
         self.log = TableLog(path, ["epoch", "batch", "lr"])
         self.optimizer_name = optimizer_name
@@ -216,11 +240,13 @@ class LRScheduler(Callback):
             self.scheduler.load_state_dict(state["scheduler"])
 
     def on_optimization_step_end(self, trainer: Trainer, **_: Any) -> None:
-        self.log.append({
-            "epoch": trainer.state.current_epoch + 1,
-            "batch": trainer.state.current_train_batch,
-            "lr": trainer.optimizer.param_groups[0]["lr"],
-        })
+        self.log.append(
+            {
+                "epoch": trainer.state.current_epoch + 1,
+                "batch": trainer.state.current_train_batch,
+                "lr": trainer.optimizer.param_groups[0]["lr"],
+            }
+        )
 
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float], **_: Any) -> None:
         from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -241,8 +267,18 @@ class ComputationalMonitor(Callback):
 
     name = "ComputationalMonitor"
     rows = "epoch"  # log rows are per epoch
-    PHASES = ("epoch", "train_loop", "batch_loading", "forward", "backward", "optimization",
-              "validation", "evaluation", "metric", "checkpoint")
+    PHASES = (
+        "epoch",
+        "train_loop",
+        "batch_loading",
+        "forward",
+        "backward",
+        "optimization",
+        "validation",
+        "evaluation",
+        "metric",
+        "checkpoint",
+    )
 
     def __init__(self, path: Path, cuda: bool) -> None:
         self.cuda = cuda
@@ -275,7 +311,10 @@ class ComputationalMonitor(Callback):
         import torch
 
         self.add("epoch", time.perf_counter() - self.started)
-        row = {"epoch": trainer.state.current_epoch, **{p: self.times.get(p, 0.0) for p in self.PHASES}}
+        row = {
+            "epoch": trainer.state.current_epoch,
+            **{p: self.times.get(p, 0.0) for p in self.PHASES},
+        }
         row["samples_per_s"] = self.samples / max(self.times.get("train_loop", 0.0), 1e-9)
         if self.cuda:
             self.gpu_end.record()
@@ -298,8 +337,13 @@ class ProgressLogger(Callback):
     def on_train_start(self, trainer: Trainer, **_: Any) -> None:
         logger.info(
             "split-%d: training %d epochs on %d images (%d batches/epoch), validating on %d "
-            "images, device %s", trainer.state.split_idx, trainer.state.num_epochs,
-            trainer.n_train, trainer.state.num_train_batches, trainer.n_val, trainer.device,
+            "images, device %s",
+            trainer.state.split_idx,
+            trainer.state.num_epochs,
+            trainer.n_train,
+            trainer.state.num_train_batches,
+            trainer.n_val,
+            trainer.device,
         )
 
     def on_resume(self, trainer: Trainer, checkpoint: Path, **_: Any) -> None:
@@ -312,16 +356,25 @@ class ProgressLogger(Callback):
         self.epoch_losses.append(loss)
         n = trainer.state.num_train_batches
         if n >= 40 and trainer.state.current_train_batch % max(n // 4, 1) == 0:
-            logger.info("  epoch %d: batch %d/%d loss %.4f", trainer.state.current_epoch + 1,
-                        trainer.state.current_train_batch, n, loss)
+            logger.info(
+                "  epoch %d: batch %d/%d loss %.4f",
+                trainer.state.current_epoch + 1,
+                trainer.state.current_train_batch,
+                n,
+                loss,
+            )
 
     def on_validation_end(self, trainer: Trainer, metrics: dict[str, float], **_: Any) -> None:
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         train_loss = sum(self.epoch_losses) / max(len(self.epoch_losses), 1)
         logger.info(
             "split-%d epoch %d/%d: train loss %.4f | validation %s | %.1f s",
-            trainer.state.split_idx, trainer.state.current_epoch, trainer.state.num_epochs,
-            train_loss, shown, time.perf_counter() - self.epoch_started,
+            trainer.state.split_idx,
+            trainer.state.current_epoch,
+            trainer.state.num_epochs,
+            train_loss,
+            shown,
+            time.perf_counter() - self.epoch_started,
         )
 
     def on_train_end(self, trainer: Trainer, **_: Any) -> None:

@@ -30,9 +30,7 @@ def check_metric_names(names: Sequence[str], key: str) -> list[str]:
     for name in names:
         validate_metric_name(name, where=key)
         if name not in METRICS:
-            raise UserError(
-                f"{key}: unknown metric {name!r}; choose among {', '.join(METRICS)}"
-            )
+            raise UserError(f"{key}: unknown metric {name!r}; choose among {', '.join(METRICS)}")
     return list(names)
 
 
@@ -55,7 +53,9 @@ def metrics_json(names: Sequence[str]) -> dict:
     }
 
 
-def compute(names: Sequence[str], labels: np.ndarray, probs: np.ndarray, losses: np.ndarray) -> dict[str, float]:
+def compute(
+    names: Sequence[str], labels: np.ndarray, probs: np.ndarray, losses: np.ndarray
+) -> dict[str, float]:
     """Every requested metric from labels, class probabilities and per-image losses."""
     predictions = probs.argmax(axis=1)
     n_classes = probs.shape[1]
@@ -71,17 +71,23 @@ def compute(names: Sequence[str], labels: np.ndarray, probs: np.ndarray, losses:
             elif name == "BalancedAccuracy":
                 value = skm.balanced_accuracy_score(labels, predictions)
             elif name in ("Sensitivity", "Specificity"):
-                recalls = skm.recall_score(labels, predictions, labels=range(n_classes),
-                                           average=None, zero_division=0)
+                recalls = skm.recall_score(
+                    labels, predictions, labels=range(n_classes), average=None, zero_division=0
+                )
                 if binary:
                     value = recalls[1] if name == "Sensitivity" else recalls[0]
                 else:
-                    value = _specificity(labels, predictions, n_classes) if name == "Specificity" else recalls.mean()
+                    value = (
+                        _specificity(labels, predictions, n_classes)
+                        if name == "Specificity"
+                        else recalls.mean()
+                    )
             elif name == "RocAuc":
                 value = _roc_auc(labels, probs)
             elif name == "F1":
-                value = skm.f1_score(labels, predictions, average="binary" if binary else "macro",
-                                     zero_division=0)
+                value = skm.f1_score(
+                    labels, predictions, average="binary" if binary else "macro", zero_division=0
+                )
             elif name == "MSE":
                 value = skm.mean_squared_error(labels, predictions)
             elif name == "MAE":
@@ -110,18 +116,24 @@ def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def details_frame(
-    frame: pd.DataFrame, indices: np.ndarray, labels: np.ndarray, probs: np.ndarray,
-    losses: np.ndarray, classes: Sequence[str],
+    frame: pd.DataFrame,
+    indices: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    losses: np.ndarray,
+    classes: Sequence[str],
 ) -> pd.DataFrame:
     """Per-image predictions: participant_id, session_id, label, prediction, loss, proba_<c>."""
     rows = frame.iloc[indices]
-    details = pd.DataFrame({
-        "participant_id": rows["participant_id"].to_numpy(),
-        "session_id": rows["session_id"].to_numpy(),
-        "label": [classes[i] for i in labels],
-        "prediction": [classes[i] for i in probs.argmax(axis=1)],
-        "loss": losses,
-    })
+    details = pd.DataFrame(
+        {
+            "participant_id": rows["participant_id"].to_numpy(),
+            "session_id": rows["session_id"].to_numpy(),
+            "label": [classes[i] for i in labels],
+            "prediction": [classes[i] for i in probs.argmax(axis=1)],
+            "loss": losses,
+        }
+    )
     for i, name in enumerate(classes):
         details[f"proba{name}"] = probs[:, i]
     return details

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -37,7 +38,6 @@ from . import metrics as M
 from .callbacks import (
     Callback,
     ComputationalMonitor,
-    ModelCheckpoint,
     TableLog,
 )
 
@@ -88,7 +88,9 @@ def resolve_device(setting: str) -> torch.device:
     if setting == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"train.device = {setting!r} but no CUDA device is visible; use 'auto' or 'cpu'")
+        raise UserError(
+            f"train.device = {setting!r} but no CUDA device is visible; use 'auto' or 'cpu'"
+        )
     return torch.device(setting)
 
 
@@ -143,8 +145,14 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
 class Batches:
     """Mini-batches from an in-memory tensor (or a DataLoader over files)."""
 
-    def __init__(self, dataset: Any, batch_size: int, device: torch.device, num_workers: int = 0,
-                 channels_last: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: Any,
+        batch_size: int,
+        device: torch.device,
+        num_workers: int = 0,
+        channels_last: bool = False,
+    ) -> None:
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
         self.num_workers = num_workers
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -153,13 +161,15 @@ class Batches:
             dataset.images = dataset.images.pin_memory()
 
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
+        return math.ceil(len(self.dataset) / self.batch_size)
 
     def plan(self, order: Sequence[int]) -> list[list[int]]:
         order = list(order)
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
-    def iterate(self, batches: Sequence[Sequence[int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
+    def iterate(
+        self, batches: Sequence[Sequence[int]]
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
         if self.dataset.images is not None and self.num_workers == 0:
             source = (
                 (self.dataset.images[idx], self.dataset.labels[idx], list(idx))
@@ -168,16 +178,21 @@ class Batches:
         else:
             from torch.utils.data import DataLoader
 
-            loader = DataLoader(self.dataset, batch_sampler=[list(b) for b in batches],
-                                num_workers=self.num_workers, pin_memory=self.pinned)
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=[list(b) for b in batches],
+                num_workers=self.num_workers,
+                pin_memory=self.pinned,
+            )
             source = ((x, y, idx.tolist()) for x, y, idx in loader)
         for images, labels, indices in source:
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             yield images, labels.to(self.device, non_blocking=True), indices
 
 
-def predict(network: nn.Module, batches: Batches, dtype: torch.dtype | None,
-            on_batch: Any = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def predict(
+    network: nn.Module, batches: Batches, dtype: torch.dtype | None, on_batch: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate in data order: (indices, labels, class probabilities, per-image losses)."""
     network.eval()
     all_idx, all_y, all_p, all_l = [], [], [], []
@@ -201,36 +216,62 @@ class Trainer:
     """Train one split of a MAPS, emitting callback events."""
 
     def __init__(
-        self, *, maps: Maps, split: int, network: nn.Module, optimizer: torch.optim.Optimizer,
-        optimizer_name: str, train_data: Any, val_data: Any, settings: Settings,
-        metric_names: Sequence[str], callbacks: Sequence[Callback], fingerprint: str,
+        self,
+        *,
+        maps: Maps,
+        split: int,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        optimizer_name: str,
+        train_data: Any,
+        val_data: Any,
+        settings: Settings,
+        metric_names: Sequence[str],
+        callbacks: Sequence[Callback],
+        fingerprint: str,
     ) -> None:
         self.maps, self.split_dir = maps, maps.split(split)
         self.settings, self.device = settings, settings.device
         self.network, self.optimizer, self.optimizer_name = network, optimizer, optimizer_name
-        self.metric_names, self.callbacks, self.fingerprint = list(metric_names), list(callbacks), fingerprint
+        self.metric_names, self.callbacks, self.fingerprint = (
+            list(metric_names),
+            list(callbacks),
+            fingerprint,
+        )
         self.train_data, self.val_data = train_data, val_data
         self.n_train, self.n_val = len(train_data), len(val_data)
         self.dtype = amp_dtype(self.device, settings.amp)
         self.scaler = torch.amp.GradScaler(
             "cuda", enabled=self.dtype == torch.float16 and self.device.type == "cuda"
         )
-        self.train_batches = Batches(train_data, settings.batch_size, self.device,
-                                     settings.num_workers, settings.channels_last)
-        self.val_batches = Batches(val_data, settings.batch_size, self.device,
-                                   settings.num_workers, settings.channels_last)
-        self.state = TrainerState(num_epochs=settings.epochs, split_idx=split,
-                                  num_train_batches=len(self.train_batches),
-                                  num_val_batches=len(self.val_batches))
+        self.train_batches = Batches(
+            train_data,
+            settings.batch_size,
+            self.device,
+            settings.num_workers,
+            settings.channels_last,
+        )
+        self.val_batches = Batches(
+            val_data, settings.batch_size, self.device, settings.num_workers, settings.channels_last
+        )
+        self.state = TrainerState(
+            num_epochs=settings.epochs,
+            split_idx=split,
+            num_train_batches=len(self.train_batches),
+            num_val_batches=len(self.val_batches),
+        )
         self.generator = torch.Generator().manual_seed(settings.seed)
         self.epoch_order: list[int] = []
         self.last_batch_size = 0
         self.interrupt: int | None = None
-        self.monitor = next((c for c in self.callbacks if isinstance(c, ComputationalMonitor)), None)
+        self.monitor = next(
+            (c for c in self.callbacks if isinstance(c, ComputationalMonitor)), None
+        )
         logs = self.split_dir.logs
         self.loss_log = TableLog(logs.training_loss_tsv, ["epoch", "batch", "loss"])
-        self.val_log = TableLog(self.split_dir.validation_metrics.aggregated_tsv,
-                                ["epoch", *self.metric_names])
+        self.val_log = TableLog(
+            self.split_dir.validation_metrics.aggregated_tsv, ["epoch", *self.metric_names]
+        )
         self.details_log = TableLog(self.split_dir.validation_metrics.details_tsv, ["epoch"])
 
     # Events ----------------------------------------------------------------
@@ -268,10 +309,14 @@ class Trainer:
         io.torch_save(partial.model_pt, state_dict_for_maps(self.network))
         io.torch_save(partial.optimizer_pt, {self.optimizer_name: self.optimizer.state_dict()})
         io.torch_save(partial.scaler_pt, self.scaler.state_dict())
-        io.torch_save(partial.path / "rng.pt", {
-            "rng": rng_state(), "generator": self.generator.get_state(),
-            "epoch_order": torch.tensor(self.epoch_order, dtype=torch.long),
-        })
+        io.torch_save(
+            partial.path / "rng.pt",
+            {
+                "rng": rng_state(),
+                "generator": self.generator.get_state(),
+                "epoch_order": torch.tensor(self.epoch_order, dtype=torch.long),
+            },
+        )
         for callback in self.callbacks:
             io.write_json(partial.callbacks / f"{callback.name}.json", callback.state_dict())
             callback.save_files(partial.callbacks / callback.name, self)
@@ -279,9 +324,12 @@ class Trainer:
             last = self.val_log.rows[-1]["epoch"]
             Maps.save_file(
                 pd.DataFrame([r for r in self.val_log.rows if r["epoch"] == last]),
-                partial.validation_metrics.aggregated_tsv, overwrite=True)
-        io.write_json(partial.state_json, {**dataclasses.asdict(self.state),
-                                           "fingerprint": self.fingerprint})
+                partial.validation_metrics.aggregated_tsv,
+                overwrite=True,
+            )
+        io.write_json(
+            partial.state_json, {**dataclasses.asdict(self.state), "fingerprint": self.fingerprint}
+        )
         old = tmp.path / f".epoch-{self.state.current_epoch}.old"
         shutil.rmtree(old, ignore_errors=True)
         if target.path.exists():
@@ -333,13 +381,18 @@ class Trainer:
                 callback.load_state_dict(io.read_json(path))
             callback.restore_files(checkpoint.callbacks / callback.name, self)
         logs = [(self.loss_log, "train"), (self.val_log, "epoch"), (self.details_log, "epoch")]
-        logs += [(c.log, c.rows) for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)]
+        logs += [
+            (c.log, c.rows) for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)
+        ]
         keep = {"train": self.keep_train_row, "epoch": self.keep_epoch_row}
         dropped = sum(log.reload(keep[kind]) for log, kind in logs)
         logger.info(
             "split-%d: resumed at epoch %d (batch %d of the next); trimmed %d log row(s) written "
-            "after the checkpoint", self.state.split_idx, self.state.current_epoch,
-            self.state.current_train_batch, dropped,
+            "after the checkpoint",
+            self.state.split_idx,
+            self.state.current_epoch,
+            self.state.current_train_batch,
+            dropped,
         )
 
     def flush_logs(self) -> None:
@@ -372,7 +425,9 @@ class Trainer:
                 else:
                     self.clear_outputs()
                     self.emit("on_train_start")
-                while self.state.current_epoch < self.state.num_epochs and not self.state.should_stop:
+                while (
+                    self.state.current_epoch < self.state.num_epochs and not self.state.should_stop
+                ):
                     self.train_epoch()
                 self.state.stage = "end"
                 self.emit("on_train_end")
@@ -409,19 +464,27 @@ class Trainer:
             self.last_batch_size = len(labels)
             self.emit("on_batch_start", batch=batch)
             self.emit("on_forward_step_start", batch=batch)
-            with self.timed("forward"):
-                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                    logits = self.network(images)
-                    loss = nn.functional.cross_entropy(logits.float(), labels)
+            with (
+                self.timed("forward"),
+                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None),
+            ):
+                logits = self.network(images)
+                loss = nn.functional.cross_entropy(logits.float(), labels)
             self.emit("on_backward_step_start", loss=loss, grad_scaler=self.scaler)
             with self.timed("backward"):
                 self.scaler.scale(loss / settings.accumulation_steps).backward()
             self.emit("on_backward_step_end")
             accumulated.append(loss.item())
             state.current_train_batch += 1
-            if state.current_train_batch % settings.accumulation_steps == 0 or state.current_train_batch == len(plan):
-                self.emit("on_optimization_step_start", optimizers={self.optimizer_name: self.optimizer},
-                          grad_scaler=self.scaler)
+            if (
+                state.current_train_batch % settings.accumulation_steps == 0
+                or state.current_train_batch == len(plan)
+            ):
+                self.emit(
+                    "on_optimization_step_start",
+                    optimizers={self.optimizer_name: self.optimizer},
+                    grad_scaler=self.scaler,
+                )
                 with self.timed("optimization"):
                     if settings.clip_grad_norm:
                         self.scaler.unscale_(self.optimizer)
@@ -438,10 +501,19 @@ class Trainer:
                         f"{state.current_epoch + 1}, batch {state.current_train_batch}; lower "
                         "train.learning_rate or set train.clip_grad_norm"
                     )
-                self.loss_log.append({"epoch": state.current_epoch + 1,
-                                      "batch": state.current_train_batch - 1, "loss": mean_loss})
-                self.emit("on_optimization_step_end", optimizers={self.optimizer_name: self.optimizer},
-                          grad_scaler=self.scaler, loss=mean_loss)
+                self.loss_log.append(
+                    {
+                        "epoch": state.current_epoch + 1,
+                        "batch": state.current_train_batch - 1,
+                        "loss": mean_loss,
+                    }
+                )
+                self.emit(
+                    "on_optimization_step_end",
+                    optimizers={self.optimizer_name: self.optimizer},
+                    grad_scaler=self.scaler,
+                    loss=mean_loss,
+                )
             self.emit("on_batch_end")
             if self.interrupt is not None:
                 self.flush_logs()
@@ -455,7 +527,10 @@ class Trainer:
         state.current_epoch += 1
         state.current_train_batch = 0
         self.epoch_order = []
-        if state.current_epoch % settings.evaluation_interval == 0 or state.current_epoch == state.num_epochs:
+        if (
+            state.current_epoch % settings.evaluation_interval == 0
+            or state.current_epoch == state.num_epochs
+        ):
             self.validation()
         self.flush_logs()
         self.emit("on_epoch_end")
@@ -476,11 +551,14 @@ class Trainer:
             self.emit("on_batch_end")
 
         with self.timed("evaluation"):
-            indices, labels, probs, losses = predict(self.network, self.val_batches, self.dtype, on_batch)
+            indices, labels, probs, losses = predict(
+                self.network, self.val_batches, self.dtype, on_batch
+            )
         with self.timed("metric"):
             values = M.compute(self.metric_names, labels, probs, losses)
-            details = M.details_frame(self.val_data.frame, indices, labels, probs, losses,
-                                      self.val_data.classes)
+            details = M.details_frame(
+                self.val_data.frame, indices, labels, probs, losses, self.val_data.classes
+            )
         details.insert(0, "epoch", state.current_epoch)
         self.val_log.append({"epoch": state.current_epoch, **values})
         self.details_log.rows.extend(details.to_dict("records"))
