@@ -13,6 +13,7 @@ def main(smk):
         split=int(smk.wildcards.split),
         train=smk.params.train,
         threads=smk.threads,
+        failure_marker=smk.params.failure_marker or None,
     )
 
 

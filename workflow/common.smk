@@ -11,6 +11,7 @@ from snakemake.utils import validate
 validate(config, "../config/config.schema.yaml")
 
 MAPS_DIR = config["maps_dir"].rstrip("/")
+LAUNCH_DIR = config["random_search"]["launch_dir"].rstrip("/")
 DATA_DIR = config["data_dir"].rstrip("/")
 SYNTHETIC = config["data"]["tsv"] is None
 MONITOR = config["train"]["monitor"]
@@ -68,20 +69,36 @@ wildcard_constraints:
     group=r"[A-Za-z0-9]+",
     dataset=r"train|group-[A-Za-z0-9]+",
     metric=r"[A-Za-z][A-Za-z0-9]*",
+    launch=re.escape(LAUNCH_DIR),
+    job=r"job-\d+",
+
+
+def experiment(maps):
+    """The configuration of the experiment whose MAPS is ``maps``."""
+    if maps in EXPERIMENTS:
+        return EXPERIMENTS[maps]
+    if maps.startswith(LAUNCH_DIR + "/"):
+        for _, run in random_search_runs().values():
+            if run["maps_dir"] == maps:
+                return run
+    raise WorkflowError(
+        f"{maps} is not a MAPS of this workflow (maps_dir is {MAPS_DIR})"
+    )
+
+
+def failure_marker(wildcards):
+    """Where a random-search run records why it failed ("" outside random search)."""
+    if wildcards.maps.startswith(LAUNCH_DIR + "/job-"):
+        return str(Path(wildcards.maps).parent / "failed.txt")
+    return ""
 
 
 def exp(wildcards):
-    """The configuration of the experiment whose MAPS is wildcards.maps."""
-    try:
-        return EXPERIMENTS[wildcards.maps]
-    except KeyError:
-        raise ValueError(
-            f"{wildcards.maps} is not a MAPS of this workflow; known: {', '.join(EXPERIMENTS)}"
-        ) from None
+    return experiment(wildcards.maps)
 
 
 def splits(maps):
-    return list(range(EXPERIMENTS[maps]["split"]["n_splits"]))
+    return list(range(experiment(maps)["split"]["n_splits"]))
 
 
 def table_of(wildcards):

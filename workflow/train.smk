@@ -26,5 +26,6 @@ rule train:
         runtime=240,
     params:
         train=lambda wildcards: exp(wildcards)["train"],
+        failure_marker=failure_marker,
     script:
         "../scripts/train.py"

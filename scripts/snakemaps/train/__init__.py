@@ -39,12 +39,18 @@ def build_scheduler(optimizer: Any, config: Mapping[str, Any], epochs: int) -> A
 
 
 def train_split(
-    maps_dir: str | Path, split: int, train: Mapping[str, Any], threads: int = 1
+    maps_dir: str | Path,
+    split: int,
+    train: Mapping[str, Any],
+    threads: int = 1,
+    failure_marker: str | Path | None = None,
 ) -> Path:
     """Train split ``split`` of the MAPS (resuming from tmp/ if a checkpoint exists).
 
     ``train`` is the ``train`` section of the configuration. The network comes
-    from the MAPS's ``model.json``; the data from the split manifest.
+    from the MAPS's ``model.json``; the data from the split manifest. If the
+    run diverges or runs out of memory and ``failure_marker`` is given (random
+    search), the reason is written there before the error is raised.
     """
     import torch
 
@@ -147,6 +153,12 @@ def train_split(
         warnings.simplefilter("default")
         try:
             trainer.fit()
+        except (FloatingPointError, torch.OutOfMemoryError) as error:
+            if failure_marker:
+                io.atomic_write_text(
+                    failure_marker, f"split-{split}: {type(error).__name__}: {error}\n"
+                )
+            raise
         finally:
             text = "".join(
                 f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
