@@ -120,6 +120,7 @@ def train_split(
         channels_last=channels_last,
         accumulation_steps=train["accumulation_steps"],
         clip_grad_norm=train["clip_grad_norm"],
+        max_loss=train["max_loss"],
         evaluation_interval=train["evaluation_interval"],
         seed=seed,
         deterministic=train["deterministic"],

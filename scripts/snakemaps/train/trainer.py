@@ -78,6 +78,7 @@ class Settings:
     channels_last: bool = True
     accumulation_steps: int = 1
     clip_grad_norm: float | None = None
+    max_loss: float = 1000.0
     evaluation_interval: int = 1
     seed: int = 0
     deterministic: bool = False
@@ -495,11 +496,12 @@ class Trainer:
                 state.optim_step += 1
                 mean_loss = float(np.mean(accumulated))
                 accumulated = []
-                if not np.isfinite(mean_loss):
+                if not np.isfinite(mean_loss) or mean_loss > settings.max_loss:
                     raise FloatingPointError(
-                        f"split-{state.split_idx}: the training loss became {mean_loss} at epoch "
-                        f"{state.current_epoch + 1}, batch {state.current_train_batch}; lower "
-                        "train.learning_rate or set train.clip_grad_norm"
+                        f"split-{state.split_idx}: the training diverged: loss {mean_loss:.4g} at "
+                        f"epoch {state.current_epoch + 1}, batch {state.current_train_batch} "
+                        f"(train.max_loss is {settings.max_loss:g}); lower train.learning_rate "
+                        "or set train.clip_grad_norm"
                     )
                 self.loss_log.append(
                     {
