@@ -1,7 +1,8 @@
 """What every rule adapter shares: logging to the rule's log, clean errors.
 
-An adapter calls ``run_step(smk, function, **kwargs)``. Progress goes to the
-rule's ``log:`` file and to stderr; a ``UserError`` is printed as one clear
+An adapter calls ``run_step(smk, function, **kwargs)``. A job that asks for
+the ``gpu`` resource first claims its own GPU(s) (``snakemaps.gpus``).
+Progress goes to the rule's ``log:`` file and to stderr; a ``UserError`` is printed as one clear
 message (no traceback) and the job exits with status 1, so Snakemake stops
 the run before anything downstream starts.
 """
@@ -36,8 +37,11 @@ def run_step(smk: Any, function: Callable[..., Any], **kwargs: Any) -> Any:
     configure_logging(log_file)
     logger = logging.getLogger("snakemaps")
     logger.info("rule %s: %s", smk.rule, dict(smk.wildcards.items()))
+    from .gpus import claim
+
     try:
-        return function(**kwargs)
+        with claim(int(getattr(smk.resources, "gpu", 0) or 0)):
+            return function(**kwargs)
     except UserError as error:
         logger.error("%s", error)
         sys.exit(1)
