@@ -15,9 +15,14 @@ include: "workflow/train.smk"
 include: "workflow/evaluate.smk"
 include: "workflow/env.smk"
 include: "workflow/random_search.smk"
+include: "workflow/report.smk"
+
+
+report: "workflow/report/workflow.rst"
 
 
 rule all:
     default_target: True
     input:
         maps_targets(MAPS_DIR),
+        report_targets(MAPS_DIR),

@@ -1,8 +1,10 @@
 # Helpers shared by every stage: config validation, the experiments (one
 # MAPS each), input functions and wildcard constraints. Nothing here imports
 # torch or the snakemaps package, so building the DAG stays fast.
+import functools
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -77,7 +79,7 @@ def experiment(maps):
     """The configuration of the experiment whose MAPS is ``maps``."""
     if maps in EXPERIMENTS:
         return EXPERIMENTS[maps]
-    if maps.startswith(LAUNCH_DIR + "/"):
+    if Path(LAUNCH_DIR) in Path(maps).parents:
         for _, run in random_search_runs().values():
             if run["maps_dir"] == maps:
                 return run
@@ -88,8 +90,9 @@ def experiment(maps):
 
 def failure_marker(wildcards):
     """Where a random-search run records why it failed ("" outside random search)."""
-    if wildcards.maps.startswith(LAUNCH_DIR + "/job-"):
-        return str(Path(wildcards.maps).parent / "failed.txt")
+    job = Path(wildcards.maps).parent
+    if job.parent == Path(LAUNCH_DIR) and job.name.startswith("job-"):
+        return str(job / "failed.txt")
     return ""
 
 
@@ -153,3 +156,77 @@ def maps_targets(maps):
             f"{maps}/test/group-{group}/summary-{metric}.tsv" for metric in MONITOR
         ]
     return targets
+
+
+# Random search. Runs are sampled while the DAG is built (sampling is
+# torch-free and takes milliseconds), so every run's jobs join one DAG. This is
+# the one place the workflow imports the package, lazily: re-implementing the
+# sampler here would give two sources of truth for what a seed samples.
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+
+RANDOM_SEARCH = config["random_search"]
+RANDOM_SEARCH_JOBS = [f"job-{i}" for i in range(RANDOM_SEARCH["n_runs"])]
+# The analysis reads the validation of these best models.
+SELECTION_METRICS = ["BalancedAccuracy", "loss"]
+
+
+def space_source():
+    """The space: a mapping, or a path (relative to the working directory, else the workflow)."""
+    space = RANDOM_SEARCH["space"]
+    if isinstance(space, str) and not Path(space).exists():
+        shipped = Path(workflow.basedir) / space
+        if shipped.exists():
+            return str(shipped)
+    return space
+
+
+@functools.cache
+def random_search_runs():
+    """Job name -> (sampled options, experiment config); sampled on first use only."""
+    from snakemaps.errors import UserError
+    from snakemaps.search.launch import run_configs
+    from snakemaps.search.sampling import load_space
+
+    missing = [m for m in SELECTION_METRICS if m not in MONITOR]
+    if missing:
+        raise WorkflowError(f"random search needs train.monitor to include {missing}")
+    try:
+        space = load_space(space_source())
+        runs = run_configs(
+            config, space, LAUNCH_DIR, RANDOM_SEARCH["n_runs"], RANDOM_SEARCH["seed"]
+        )
+    except UserError as error:
+        raise WorkflowError(str(error)) from None
+    for job, (_, experiment) in runs.items():
+        try:
+            validate(
+                experiment,
+                str(Path(workflow.basedir) / "config" / "config.schema.yaml"),
+            )
+        except WorkflowError as error:
+            raise WorkflowError(
+                f"random search {job}: sampled config is invalid: {error}"
+            )
+    return runs
+
+
+def random_search_space(wildcards):
+    from snakemaps.search.sampling import load_space
+
+    return load_space(space_source())
+
+
+def random_search_inputs(wildcards):
+    """Every run's options, and the validated best models of the runs that did not fail."""
+    inputs = [f"{LAUNCH_DIR}/random_search.json"]
+    for job, (_, experiment) in random_search_runs().items():
+        inputs.append(f"{LAUNCH_DIR}/{job}/options.json")
+        if Path(f"{LAUNCH_DIR}/{job}/failed.txt").exists():
+            continue
+        maps = experiment["maps_dir"]
+        inputs += [
+            f"{maps}/training/split-{k}/models/best_models/best-{metric}/validation_metrics/aggregated.tsv"
+            for k in splits(maps)
+            for metric in SELECTION_METRICS
+        ]
+    return inputs

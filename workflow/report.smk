@@ -1,0 +1,117 @@
+# The Snakemake report (snakemake --report report.html): figures and an
+# environment page for each MAPS, written to reports/<maps_dir>/ (outside the
+# MAPS). Each rule's inputs are the declared MAPS outputs it reads, so the
+# figures are drawn after training, validation, testing and the snapshot.
+
+REPORT_MODEL = r"best-[A-Za-z][A-Za-z0-9]*|final"
+
+# Every report file of one MAPS: learning curves, environment page, and per test
+# group the test metrics and a confusion matrix + ROC figure per model. (Lambdas,
+# not functions: `snakemake --lint` refuses functions beside rules.)
+report_targets = lambda maps: [
+    f"reports/{maps}/learning_curves.png",
+    f"reports/{maps}/environment.html",
+    *(f"reports/{maps}/group-{group}/test_metrics.png" for group in test_groups()),
+    *(
+        f"reports/{maps}/group-{group}/confusion_roc_{model}.png"
+        for group in test_groups()
+        for model in MODEL_NAMES
+    ),
+]
+
+
+rule report_learning_curves:
+    input:
+        lambda wildcards: [
+            f"{wildcards.maps}/training/split-{k}/models/{d}/validation_metrics/aggregated.tsv"
+            for k in splits(wildcards.maps)
+            for d in MODEL_DIRS
+        ],
+    output:
+        report(
+            "reports/{maps}/learning_curves.png",
+            category="Training",
+            subcategory="{maps}",
+            caption="report/learning_curves.rst",
+            labels={"figure": "learning curves", "MAPS": "{maps}"},
+        ),
+    log:
+        "logs/{maps}/report_learning_curves.log",
+    conda:
+        "../envs/snakemaps.yaml"
+    params:
+        splits=lambda wildcards: splits(wildcards.maps),
+    script:
+        "../scripts/report_learning_curves.py"
+
+
+rule report_test_metrics:
+    input:
+        results=group_results,
+        summaries=expand(
+            "{{maps}}/test/group-{{group}}/summary-{metric}.tsv", metric=MONITOR
+        ),
+    output:
+        report(
+            "reports/{maps}/group-{group}/test_metrics.png",
+            category="Test results",
+            subcategory="{maps}: group {group}",
+            caption="report/test_metrics.rst",
+            labels={"figure": "test metrics", "model": "all"},
+        ),
+    log:
+        "logs/{maps}/report_test_metrics-{group}.log",
+    conda:
+        "../envs/snakemaps.yaml"
+    params:
+        splits=lambda wildcards: splits(wildcards.maps),
+        models=MODEL_NAMES,
+    script:
+        "../scripts/report_test_metrics.py"
+
+
+rule report_confusion_roc:
+    input:
+        lambda wildcards: [
+            f"{wildcards.maps}/test/group-{wildcards.group}/results/split-{k}/"
+            f"{wildcards.model}/metrics/aggregated.tsv"
+            for k in splits(wildcards.maps)
+        ],
+    output:
+        report(
+            "reports/{maps}/group-{group}/confusion_roc_{model}.png",
+            category="Test results",
+            subcategory="{maps}: group {group}",
+            caption="report/confusion_roc.rst",
+            labels={"figure": "confusion matrix and ROC", "model": "{model}"},
+        ),
+    log:
+        "logs/{maps}/report_confusion_roc-{group}_{model}.log",
+    wildcard_constraints:
+        model=REPORT_MODEL,
+    conda:
+        "../envs/snakemaps.yaml"
+    params:
+        splits=lambda wildcards: splits(wildcards.maps),
+    script:
+        "../scripts/report_confusion_roc.py"
+
+
+rule report_environment:
+    input:
+        txt="{maps}/env/environment.txt",
+        system="{maps}/env/system.json",
+    output:
+        report(
+            "reports/{maps}/environment.html",
+            category="Environment",
+            subcategory="{maps}",
+            caption="report/environment.rst",
+            labels={"page": "software environment", "MAPS": "{maps}"},
+        ),
+    log:
+        "logs/{maps}/report_environment.log",
+    conda:
+        "../envs/snakemaps.yaml"
+    script:
+        "../scripts/report_environment.py"
