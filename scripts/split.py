@@ -17,6 +17,7 @@ def main(smk):
         split=smk.params.split,
         model=smk.params.model,
         train=smk.params.train,
+        positive_class=smk.params.positive_class,
     )
 
 

@@ -75,3 +75,12 @@ def test_leakage_lists_participants():
             {"train": {"sub-01", "sub-02", "sub-03"}, "test group 'x'": {"sub-02", "sub-03"}}
         )
     assert "2 participant(s)" in str(error.value)
+
+
+def test_positive_class_is_last_and_must_exist():
+    from snakemaps.split import order_classes
+
+    assert order_classes(["AD", "CN"], None) == ["AD", "CN"]
+    assert order_classes(["AD", "CN"], "AD") == ["CN", "AD"]
+    with pytest.raises(UserError, match=r"data.positive_class: 'MCI' is not a label"):
+        order_classes(["AD", "CN"], "MCI")

@@ -17,6 +17,8 @@ LAUNCH_DIR = config["random_search"]["launch_dir"].rstrip("/")
 DATA_DIR = config["data_dir"].rstrip("/")
 SYNTHETIC = config["data"]["tsv"] is None
 MONITOR = config["train"]["monitor"]
+# The built-in cohort's positive class is AD; a user's table says it in the config.
+POSITIVE_CLASS = config["data"]["positive_class"] or ("AD" if SYNTHETIC else None)
 # Models every split declares: best-<metric> per monitored metric, then final.
 # Epoch checkpoints (train.save_epochs) are evaluated by the same jobs.
 MODEL_NAMES = [f"best-{metric}" for metric in MONITOR] + ["final"]

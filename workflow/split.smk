@@ -21,5 +21,6 @@ rule split:
         split=lambda wildcards: exp(wildcards)["split"],
         model=lambda wildcards: exp(wildcards)["model"],
         train=lambda wildcards: exp(wildcards)["train"],
+        positive_class=POSITIVE_CLASS,
     script:
         "../scripts/split.py"

@@ -72,6 +72,7 @@ def create_maps(
     split: Mapping[str, Any],
     model: Mapping[str, Any],
     train: Mapping[str, Any],
+    positive_class: str | None = None,
 ) -> Path:
     """Write the MAPS root files and ``training/data``; return the split manifest path."""
     from .train.metrics import check_metric_names, metrics_json
@@ -91,6 +92,7 @@ def create_maps(
         longitudinal=split["longitudinal"],
         batch_size=train["batch_size"],
         num_workers=train["num_workers"],
+        positive_class=positive_class,
     )
     classes = io.read_json(manifest_path)["classes"]
     shape = io.read_json(info_path(manifest))["shape"]

@@ -85,6 +85,18 @@ def check_leakage(sides: Mapping[str, set[str]]) -> None:
                 )
 
 
+def order_classes(classes: list[str], positive_class: str | None) -> list[str]:
+    """Sorted classes, with the positive class (if given) last: output index 1 of a binary model."""
+    if positive_class is None:
+        return classes
+    if positive_class not in classes:
+        raise UserError(
+            f"data.positive_class: {positive_class!r} is not a label of the table "
+            f"(labels: {', '.join(classes)})"
+        )
+    return [c for c in classes if c != positive_class] + [positive_class]
+
+
 def content_hash(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -131,6 +143,7 @@ def make_splits(
     longitudinal: bool,
     batch_size: int,
     num_workers: int,
+    positive_class: str | None = None,
 ) -> Path:
     """Split the prepared table and write ``training/data/`` of the MAPS."""
     from ..data.prepare import read_manifest
@@ -139,7 +152,7 @@ def make_splits(
     frame = read_manifest(manifest)
     labels = participant_labels(frame)
     check_splittable(labels, n_splits, str(manifest))
-    classes = sorted(labels.unique())
+    classes = order_classes(sorted(labels.unique()), positive_class)
     train_ids = set(frame["participant_id"])
     tests = {name: read_manifest(path) for name, path in test_manifests.items()}
     check_leakage(
