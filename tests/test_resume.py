@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -82,46 +83,18 @@ def prepared(tmp_path_factory):
     return workdir
 
 
-def test_killed_training_job_resumes_bit_identical(prepared, tmp_path):
-    broken, unbroken = tmp_path / "broken", tmp_path / "unbroken"
-    shutil.copytree(prepared, broken, symlinks=True)
-    shutil.copytree(prepared, unbroken, symlinks=True)
-    tmp = broken / "results/maps/training/split-0/tmp"
-
-    process = subprocess.Popen(
-        snakemake_command(broken), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    deadline = time.monotonic() + 300
-    while not (tmp / "epoch-2").exists() and not (tmp / "epoch-3").exists():
-        assert process.poll() is None, process.stdout.read()[-3000:]
-        assert time.monotonic() < deadline, "no second checkpoint in time"
-        time.sleep(0.02)
-    killed = job_pids(broken, "train.py")
-    assert killed, "the training job's process was not found"
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode != 0, output[-3000:]
-    assert not (broken / TARGET).exists()
-    checkpoints = sorted(p.name for p in tmp.glob("epoch-*"))
-    assert checkpoints and checkpoints[-1] in {"epoch-2", "epoch-3", "epoch-4"}, checkpoints
-
-    rerun = subprocess.run(
-        [*snakemake_command(broken), "--rerun-incomplete"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    log = (broken / "logs/results/maps/train_split-0.log").read_text()
-    assert "resuming from checkpoint" in log and "resumed at epoch" in log
-
+@pytest.fixture(scope="module")
+def unbroken(prepared, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("unbroken")
+    shutil.copytree(prepared, workdir, symlinks=True, dirs_exist_ok=True)
     clean = subprocess.run(
-        snakemake_command(unbroken), capture_output=True, text=True, timeout=600, check=False
+        snakemake_command(workdir), capture_output=True, text=True, timeout=600, check=False
     )
     assert clean.returncode == 0, clean.stderr[-3000:]
+    return workdir
 
+
+def assert_same_as_unbroken(broken: Path, unbroken: Path) -> None:
     maps_a, maps_b = broken / "results/maps", unbroken / "results/maps"
     for model in [
         "final",
@@ -141,3 +114,69 @@ def test_killed_training_job_resumes_bit_identical(prepared, tmp_path):
         if name != "logs/computational.tsv":  # timings differ; everything else is identical
             pd.testing.assert_frame_equal(resumed[name], reference[name], obj=name)
     assert list((maps_a / "training/split-0/tmp").iterdir()) == []
+
+
+def start_and_wait_for(workdir: Path, checkpoint: str) -> subprocess.Popen:
+    """Start training split-0 and return once tmp/<checkpoint> exists."""
+    tmp = workdir / "results/maps/training/split-0/tmp"
+    process = subprocess.Popen(
+        snakemake_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.monotonic() + 300
+    while not (tmp / checkpoint).exists():
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, f"no {checkpoint} in time"
+        time.sleep(0.02)
+    return process
+
+
+def rerun(workdir: Path) -> str:
+    result = subprocess.run(
+        [*snakemake_command(workdir), "--rerun-incomplete"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (workdir / "logs/results/maps/train_split-0.log").read_text()
+    assert "resuming from checkpoint" in log and "resumed at epoch" in log
+    return log
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resumes_bit_identical(prepared, unbroken, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(prepared, broken, symlinks=True)
+    process = start_and_wait_for(broken, "epoch-1")
+    time.sleep(0.15)  # into epoch 2
+    for pid in job_pids(broken, "train.py"):
+        os.kill(pid, signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0, output[-3000:]
+    log = (broken / "logs/results/maps/train_split-0.log").read_text()
+    assert "received SIGTERM: checkpointing after this batch" in log, log[-2000:]
+    [checkpoint] = (broken / "results/maps/training/split-0/tmp").glob("epoch-*")
+    state = json.loads((checkpoint / "state.json").read_text())
+    assert 0 < state["current_train_batch"] < state["num_train_batches"], state
+    rerun(broken)
+    assert_same_as_unbroken(broken, unbroken)
+
+
+def test_killed_training_job_resumes_bit_identical(prepared, unbroken, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(prepared, broken, symlinks=True)
+    tmp = broken / "results/maps/training/split-0/tmp"
+
+    process = start_and_wait_for(broken, "epoch-2")
+    killed = job_pids(broken, "train.py")
+    assert killed, "the training job's process was not found"
+    for pid in killed:
+        os.kill(pid, signal.SIGKILL)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0, output[-3000:]
+    assert not (broken / TARGET).exists()
+    checkpoints = sorted(p.name for p in tmp.glob("epoch-*"))
+    assert checkpoints and checkpoints[-1] in {"epoch-2", "epoch-3", "epoch-4"}, checkpoints
+
+    rerun(broken)
+    assert_same_as_unbroken(broken, unbroken)

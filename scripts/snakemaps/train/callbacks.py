@@ -243,7 +243,7 @@ class LRScheduler(Callback):
         self.log.append(
             {
                 "epoch": trainer.state.current_epoch + 1,
-                "batch": trainer.state.current_train_batch,
+                "batch": trainer.state.current_train_batch - 1,  # 0-based, as training_loss.tsv
                 "lr": trainer.optimizer.param_groups[0]["lr"],
             }
         )
@@ -259,7 +259,6 @@ class LRScheduler(Callback):
 
         if self.scheduler is not None and not isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.step()
-        self.log.flush()
 
 
 class ComputationalMonitor(Callback):

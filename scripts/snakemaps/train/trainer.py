@@ -397,7 +397,10 @@ class Trainer:
         )
 
     def flush_logs(self) -> None:
-        for log in (self.loss_log, self.val_log, self.details_log):
+        """Write every log, the callbacks' included, as it stands."""
+        logs = [self.loss_log, self.val_log, self.details_log]
+        logs += [c.log for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)]
+        for log in logs:
             log.flush()
 
     # Signals -----------------------------------------------------------------
