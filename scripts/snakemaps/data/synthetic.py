@@ -12,19 +12,24 @@ end without real data:
 * ``images/sub-XXXX_ses-MYYY_T1w.nii.gz``: float32 NIfTI volumes on an
   isotropic grid in MNI space.
 
-The images are built from nilearn's bundled ICBM152 2009 templates (T1 and grey
-and white matter probability maps; nothing is downloaded), smoothed and
-resampled to the requested shape. Each participant gets:
+The images are built from nilearn's bundled ICBM152 2009 templates (the T1
+and the grey-matter probability map; nothing is downloaded), smoothed and
+resampled to an isotropic grid of the requested shape that covers the brain.
+Each participant gets:
 
 * their own anatomy: a small residual affine and a smooth low-frequency
   displacement field (shared by all their sessions);
 * a global age effect: mild grey-matter loss and ventricle enlargement;
-* for ``AD``: grey-matter atrophy in both medial temporal lobes (ellipsoids
-  around the hippocampi, MNI (+-25, -20, -15) mm), scaled by ``effect_size`` and
-  progressing over sessions; ``CN`` participants get a smaller, age-like change
-  there;
-* a smooth intensity bias field, contrast jitter, Gaussian noise (``noise``)
-  and a normalisation to [0, 1].
+* for ``AD``: atrophy of both medial temporal lobes (tissue, mostly grey matter,
+  replaced by CSF in ellipsoids around the hippocampi, MNI (+-25, -20, -15) mm),
+  scaled by ``effect_size`` and progressing over sessions; ``CN`` participants
+  get a milder, slower change there;
+* a smooth intensity bias field and contrast jitter, a normalisation that maps
+  the brain's 99.5th percentile to 1, Gaussian noise of standard deviation
+  ``noise`` in the brain, and clipping to [0, 1].
+
+The signal is regional on purpose: the mean intensity of an image says next
+to nothing about its label, a CNN has to look at the medial temporal lobes.
 
 Everything is drawn from ``numpy.random.default_rng`` streams derived from
 ``seed``: the same arguments give byte-identical files. Torch is not imported.
@@ -61,7 +66,6 @@ MIN_SIDE, MAX_SIDE = 16, 256
 _TEMPLATE_FILES = {
     "t1": "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz",
     "gm": "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz",
-    "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
 BRAIN_MARGIN_MM = 4.0  # around the template brain's bounding box
 
@@ -70,9 +74,13 @@ MTL_CENTRES_MM = ((-25.0, -20.0, -15.0), (25.0, -20.0, -15.0))  # hippocampi
 MTL_RADII_MM = (9.0, 16.0, 9.0)
 VENTRICLE_CENTRE_MM = (0.0, -8.0, 15.0)
 VENTRICLE_RADII_MM = (14.0, 28.0, 16.0)
+ELLIPSOID_CUTOFF = 3.0  # the Gaussian weights around these centres end at 3 radii
 
 # Disease and ageing model. ``effect_size`` scales MTL_ATROPHY.
-MTL_ATROPHY = 0.6  # tissue fraction lost at an MTL centre (AD severity 1, effect_size 1)
+# Calibrated so that the default effect_size=1 lets a small 3D CNN (4 conv blocks, global
+# average pooling, Adam 1e-3, ~100 training participants at 40x48x40) reach a validation
+# balanced accuracy of ~0.9-1.0 in 5-10 epochs, while the mean intensity alone is at chance.
+MTL_ATROPHY = 1.3  # tissue fraction lost at an MTL centre (AD severity 1), clipped at 0.95
 AD_SEVERITY = (0.55, 1.0)  # uniform range at baseline
 CN_SEVERITY = (0.0, 0.3)
 AD_PROGRESSION_PER_YEAR = (0.08, 0.16)
@@ -201,6 +209,8 @@ def _check_float(key: str, value: object) -> float:
 
 def _check_shape(shape: object) -> tuple[int, int, int]:
     requirement = f"a list of 3 integers between {MIN_SIDE} and {MAX_SIDE} (e.g. [40, 48, 40])"
+    if isinstance(shape, np.ndarray):
+        shape = shape.tolist()
     if isinstance(shape, (str, bytes)) or not isinstance(shape, Sequence) or len(shape) != 3:
         raise _bad("shape", requirement, shape)
     for side in shape:
@@ -216,11 +226,10 @@ def _check_shape(shape: object) -> tuple[int, int, int]:
 
 @dataclass(frozen=True)
 class _Templates:
-    """The 1 mm ICBM152 maps (T1 / max, GM and WM probabilities) and their affine."""
+    """The 1 mm ICBM152 maps (T1 / max, grey-matter probability) and their affine."""
 
     t1: np.ndarray
     gm: np.ndarray
-    wm: np.ndarray
     affine: np.ndarray
 
 
@@ -243,7 +252,6 @@ def _templates() -> _Templates:
         images = {
             "t1": datasets.load_mni152_template(resolution=1),
             "gm": datasets.load_mni152_gm_template(resolution=1),
-            "wm": datasets.load_mni152_wm_template(resolution=1),
         }
     data = {}
     for key, image in images.items():
@@ -263,7 +271,6 @@ class _Grid:
     centre_mm: np.ndarray
     t1: np.ndarray  # template maps smoothed to the output resolution
     gm: np.ndarray
-    mask: np.ndarray
     template_inverse: np.ndarray  # world mm -> voxel of the smoothed maps
 
 
@@ -305,7 +312,6 @@ def _grid(shape: tuple[int, int, int]) -> _Grid:
         centre_mm=centre,
         t1=smooth(templates.t1),
         gm=smooth(templates.gm),
-        mask=smooth(brain.astype(np.float32)),
         template_inverse=np.linalg.inv(kept_affine),
     )
 
@@ -382,14 +388,15 @@ def _participant_images(
 
     for months in participant.sessions:
         years = months / 12
-        age = round(participant.baseline_age + years, 1)
+        age = round(round(participant.baseline_age, 1) + years, 1)
         ageing = max(age - REFERENCE_AGE, 0.0)
         points = _expand_ventricles(anatomy, VENTRICLE_EXPANSION_PER_YEAR * ageing)
         voxels = grid.template_inverse[:3, :3] @ points + grid.template_inverse[:3, 3:]
         sample = functools.partial(
             ndimage.map_coordinates, coordinates=voxels, order=1, mode="constant", prefilter=False
         )
-        t1, gm, mask = (sample(volume) for volume in (grid.t1, grid.gm, grid.mask))
+        t1, gm = sample(grid.t1), sample(grid.gm)
+        mask = np.clip(t1 / T1_CSF, 0.0, 1.0).reshape(shape)  # soft brain mask
 
         # Ageing: grey matter everywhere partly replaced by CSF.
         image = t1 - (T1_GM - T1_CSF) * gm * min(AGE_GM_LOSS_PER_YEAR * ageing, 0.5)
@@ -401,14 +408,12 @@ def _participant_images(
         image -= np.clip(image - T1_CSF, 0.0, None) * np.clip(mtl, 0.0, 0.95)
         image *= contrast
 
+        # Bias field, normalisation (99.5th percentile of the brain -> 1), noise in the brain.
         image = image.reshape(shape) * bias
-        image += rng.normal(0.0, noise, shape).astype(np.float32) * np.clip(
-            mask.reshape(shape) * 2, 0, 1
-        )
-        image *= mask.reshape(shape) > 0.02
-        top = np.percentile(image[mask.reshape(shape) > 0.5], 99.5)
-        image = np.clip(image / top, 0.0, 1.0).astype(np.float32)
-        yield f"ses-M{months:03d}", age, image
+        image /= np.percentile(image[mask > 0.5], 99.5)
+        image += rng.normal(0.0, noise, shape).astype(np.float32) * np.clip(2 * mask, 0, 1)
+        image *= mask > 0.02
+        yield f"ses-M{months:03d}", age, np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
 def _smooth_field(rng: np.random.Generator, shape: Sequence[int], std: float) -> np.ndarray:
@@ -433,9 +438,11 @@ def _rotation(angles: np.ndarray) -> np.ndarray:
 
 
 def _ellipsoid(points: np.ndarray, centre: Sequence[float], radii: Sequence[float]) -> np.ndarray:
-    """A smooth weight, 1 at ``centre``, ~0.6 on the ellipsoid's surface."""
+    """A smooth weight: 1 at ``centre``, ~0.6 on the ellipsoid, 0 beyond 3 times its radii."""
     scaled = (points - np.asarray(centre)[:, None]) / np.asarray(radii)[:, None]
-    return np.exp(-0.5 * np.sum(scaled**2, axis=0))
+    floor = math.exp(-0.5 * ELLIPSOID_CUTOFF**2)
+    weight = (np.exp(-0.5 * np.sum(scaled**2, axis=0)) - floor) / (1.0 - floor)
+    return np.maximum(weight, 0.0)
 
 
 def _expand_ventricles(points: np.ndarray, expansion: float) -> np.ndarray:
@@ -459,7 +466,7 @@ def _nifti_gz_bytes(image: np.ndarray, affine: np.ndarray) -> bytes:
     nifti.set_sform(affine, code="mni")
     nifti.set_qform(affine, code="mni")
     nifti.header["descrip"] = b"snakemaps synthetic T1w (MNI152)"
-    return gzip.compress(nifti.to_bytes(), compresslevel=6, mtime=0)
+    return gzip.compress(nifti.to_bytes(), compresslevel=1, mtime=0)
 
 
 def _frame(rows: list[tuple]):

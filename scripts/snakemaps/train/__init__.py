@@ -121,6 +121,7 @@ def train_split(
         accumulation_steps=train["accumulation_steps"],
         clip_grad_norm=train["clip_grad_norm"],
         max_loss=train["max_loss"],
+        bn_recalibration_batches=train["bn_recalibration_batches"],
         evaluation_interval=train["evaluation_interval"],
         seed=seed,
         deterministic=train["deterministic"],

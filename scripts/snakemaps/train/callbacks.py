@@ -274,6 +274,7 @@ class ComputationalMonitor(Callback):
         "backward",
         "optimization",
         "validation",
+        "bn_recalibration",
         "evaluation",
         "metric",
         "checkpoint",
@@ -322,6 +323,13 @@ class ComputationalMonitor(Callback):
             row["peak_gpu_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
         self.log.append(row)
         self.log.flush()
+
+    def on_checkpoint(self, trainer: Trainer, seconds: float, **_: Any) -> None:
+        """Add the checkpoint's write time to its epoch's row (written after the row)."""
+        last = self.log.rows[-1] if self.log.rows else None
+        if last is not None and last["epoch"] == trainer.state.current_epoch:
+            last["checkpoint"] = last.get("checkpoint", 0.0) + seconds
+            self.log.flush()
 
 
 class ProgressLogger(Callback):

@@ -79,6 +79,7 @@ class Settings:
     accumulation_steps: int = 1
     clip_grad_norm: float | None = None
     max_loss: float = 1000.0
+    bn_recalibration_batches: int = 10
     evaluation_interval: int = 1
     seed: int = 0
     deterministic: bool = False
@@ -189,6 +190,34 @@ class Batches:
         for images, labels, indices in source:
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             yield images, labels.to(self.device, non_blocking=True), indices
+
+
+def recalibrate_batchnorm(
+    network: nn.Module, batches: Batches, n_batches: int, dtype: torch.dtype | None
+) -> None:
+    """Recompute BatchNorm running statistics from training batches (precise BN).
+
+    Running averages trail the weights when they change fast, which makes
+    eval-mode predictions swing between epochs. The first ``n_batches`` in
+    data order are used (no randomness), with dropout off.
+    """
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or n_batches == 0:
+        return
+    momenta = [m.momentum for m in norms]
+    network.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+        m.train()
+    plan = batches.plan(range(len(batches.dataset)))[:n_batches]
+    with torch.no_grad():
+        for images, _, _ in batches.iterate(plan):
+            with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
+                network(images)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    network.train()
 
 
 def predict(
@@ -341,9 +370,7 @@ class Trainer:
             if epoch != self.state.current_epoch:
                 shutil.rmtree(tmp.epochs[epoch].path, ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
-        if self.monitor:
-            self.monitor.add("checkpoint", time.perf_counter() - start)
-        self.emit("on_checkpoint", checkpoint=target.path)
+        self.emit("on_checkpoint", checkpoint=target.path, seconds=time.perf_counter() - start)
         return target
 
     def latest_checkpoint(self) -> TmpEpoch | None:
@@ -555,6 +582,10 @@ class Trainer:
             self.emit("on_metrics_computation_end", detailed_metrics_df=None)
             self.emit("on_batch_end")
 
+        with self.timed("bn_recalibration"):
+            recalibrate_batchnorm(
+                self.network, self.train_batches, self.settings.bn_recalibration_batches, self.dtype
+            )
         with self.timed("evaluation"):
             indices, labels, probs, losses = predict(
                 self.network, self.val_batches, self.dtype, on_batch
