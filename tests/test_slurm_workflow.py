@@ -17,6 +17,16 @@ from test_slurm_cluster import PARTITION, _profile_overrides, slurm_cluster  # n
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.workflow]
 
 CONFIG = {**TINY, "train": {**TINY["train"], "epochs": 8}}
+MAPS_TARGETS = [
+    "results/maps/env/environment.txt",
+    "results/maps/test/group-test/summary-loss.tsv",
+    "results/maps/test/group-test/summary-BalancedAccuracy.tsv",
+    *[
+        f"results/maps/training/split-{k}/models/{model}/validation_metrics/aggregated.tsv"
+        for k in (0, 1)
+        for model in ("best_models/best-loss", "best_models/best-BalancedAccuracy", "final")
+    ],
+]
 
 
 def slurm_job_of(comment: str) -> str | None:
@@ -47,6 +57,7 @@ def test_demo_through_slurm_survives_scancel(slurm_cluster, tmp_path):  # noqa: 
         "config/config.yaml",
         str(tmp_path / "config.yaml"),
         *_profile_overrides(),
+        *MAPS_TARGETS,  # the MAPS only: the report's figures would be 6 more SLURM jobs
     ]
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -91,3 +91,20 @@ def test_provenance_records_each_step(demo):
         for r in maps.open_file(maps.exec.runs[name].provenance_json)
     )
     assert {"host", "command", "split_manifest_hash", "torch", "git_commit"} <= set(record)
+
+
+def test_rerun_warns_when_environment_changed(demo, tmp_path):
+    import shutil
+
+    workdir, _ = demo
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    recorded = copy / "results/maps/env/environment.txt"
+    text = recorded.read_text()
+    assert "\nnumpy==" in text
+    lines = ["numpy==0.0.1" if line.startswith("numpy==") else line for line in text.splitlines()]
+    recorded.write_text("\n".join(lines) + "\n")
+    result = run_snakemake(copy, "results/maps/training/data/split_manifest.json", config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the environment differs from the one recorded" in result.stderr
+    assert "numpy: 0.0.1 -> " in result.stderr

@@ -232,3 +232,17 @@ def random_search_inputs(wildcards):
             for metric in SELECTION_METRICS
         ]
     return inputs
+
+
+def warn_if_environment_changed(maps):
+    """Print what changed since the environment of ``maps`` was recorded."""
+    from snakemaps.env import recorded_changes
+
+    changes = recorded_changes(f"{maps}/env/environment.txt")
+    if changes:
+        shown = "; ".join(changes[:20]) + (" ..." if len(changes) > 20 else "")
+        print(
+            f"WARNING: the environment differs from the one recorded in "
+            f"{maps}/env/environment.txt: {shown}",
+            file=sys.stderr,
+        )

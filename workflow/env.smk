@@ -1,4 +1,7 @@
-# Stage 5: the environment snapshot, once per MAPS.
+# Stage 5: the environment snapshot, once per MAPS. Every later run compares
+# the running environment with the recorded one and warns about differences.
+
+warn_if_environment_changed(MAPS_DIR)
 
 
 rule environment:

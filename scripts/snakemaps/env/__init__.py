@@ -92,19 +92,54 @@ def diff_packages(old: dict[str, str], new: dict[str, str]) -> list[str]:
     return changes
 
 
+def installed_packages() -> dict[str, str]:
+    """Installed distributions and versions (fast: importlib.metadata, no pip)."""
+    from importlib import metadata
+
+    found = {}
+    for dist in metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            found[name.lower().replace("_", "-")] = dist.version
+    return found
+
+
+def recorded_changes(environment_txt: str | Path) -> list[str]:
+    """How the running environment differs from a recorded ``environment.txt``."""
+    path = Path(environment_txt)
+    if not path.exists():
+        return []
+    recorded = {
+        name.lower().replace("_", "-"): version
+        for name, version in packages(path.read_text()).items()
+        if version and " @ " not in name
+    }
+    current = installed_packages()
+    return diff_packages(recorded, {k: v for k, v in current.items() if k in recorded}) + [
+        f"{name} added ({current[name]})"
+        for name in sorted(current.keys() - recorded.keys())
+        if name != "snakemaps"
+    ]
+
+
+def warn_if_changed(environment_txt: str | Path) -> list[str]:
+    """Log a warning naming what changed since the MAPS's environment was recorded."""
+    changes = recorded_changes(environment_txt)
+    if changes:
+        logger.warning(
+            "the environment differs from the one recorded in %s: %s",
+            environment_txt,
+            "; ".join(changes[:20]) + (" ..." if len(changes) > 20 else ""),
+        )
+    return changes
+
+
 def snapshot(maps_dir: str | Path, project_dir: str | Path = ".") -> Path:
     """Write the MAPS's ``env/``; warn with the differences if an earlier snapshot differs."""
     env = Maps(maps_dir).env
     freeze = pip_freeze()
     target = env.environment_txt
-    if target.exists():
-        changes = diff_packages(packages(target.read_text()), packages(freeze))
-        if changes:
-            logger.warning(
-                "the environment differs from the one recorded in %s: %s",
-                target,
-                "; ".join(changes[:20]) + (" ..." if len(changes) > 20 else ""),
-            )
+    warn_if_changed(target)
     io.atomic_write_text(target, header(target) + freeze)
     if os.environ.get("CONDA_PREFIX") and shutil.which("conda"):
         for path, extra in (
