@@ -1,19 +1,17 @@
 """Rule validate: every saved model of a split evaluated on its validation set."""
 
-from snakemaps.evaluate import validate_checkpoints
+from snakemaps.evaluate import saved_models, validate_checkpoints
 from snakemaps.steps import run_step
 
 
 def main(smk):
     train = smk.params.train
-    models = [f"best-{m}" for m in train["monitor"]] + ["final"]
-    models += [f"epoch-{e}" for e in train["save_epochs"] if e <= train["epochs"]]
     run_step(
         smk,
         validate_checkpoints,
         maps_dir=smk.wildcards.maps,
         split=int(smk.wildcards.split),
-        models=models,
+        models=saved_models(train),
         device=train["device"],
         batch_size=train["batch_size"],
         threads=smk.threads,

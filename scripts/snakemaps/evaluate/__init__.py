@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,12 @@ from ..maps import Maps, parse_model
 from ..split import check_leakage, load_manifest, split_frame
 
 logger = logging.getLogger("snakemaps.evaluate")
+
+
+def saved_models(train: Mapping[str, Any]) -> list[str]:
+    """Every model a split's training keeps: best-<metric>, final, then epoch-<e>."""
+    models = [f"best-{metric}" for metric in train["monitor"]] + ["final"]
+    return models + [f"epoch-{e}" for e in train["save_epochs"] if e <= train["epochs"]]
 
 
 def model_epoch(maps: Maps, split: int, model: str) -> int:
