@@ -81,10 +81,8 @@ def experiment(maps):
     """The configuration of the experiment whose MAPS is ``maps``."""
     if maps in EXPERIMENTS:
         return EXPERIMENTS[maps]
-    if Path(LAUNCH_DIR) in Path(maps).parents:
-        for _, run in random_search_runs().values():
-            if run["maps_dir"] == maps:
-                return run
+    if Path(LAUNCH_DIR) in Path(maps).parents and maps in random_search_maps():
+        return random_search_maps()[maps]
     raise WorkflowError(
         f"{maps} is not a MAPS of this workflow (maps_dir is {MAPS_DIR})"
     )
@@ -183,6 +181,16 @@ def space_source():
 
 
 @functools.cache
+def config_validator():
+    """The config schema, loaded once (validating each sampled run re-read it)."""
+    import jsonschema
+    import yaml
+
+    schema_path = Path(workflow.basedir) / "config" / "config.schema.yaml"
+    return jsonschema.Draft202012Validator(yaml.safe_load(schema_path.read_text()))
+
+
+@functools.cache
 def random_search_runs():
     """Job name -> (sampled options, experiment config); sampled on first use only."""
     from snakemaps.errors import UserError
@@ -199,17 +207,21 @@ def random_search_runs():
         )
     except UserError as error:
         raise WorkflowError(str(error)) from None
+    validator = config_validator()
     for job, (_, experiment) in runs.items():
-        try:
-            validate(
-                experiment,
-                str(Path(workflow.basedir) / "config" / "config.schema.yaml"),
-            )
-        except WorkflowError as error:
+        error = next(iter(validator.iter_errors(experiment)), None)
+        if error is not None:
+            where = ".".join(map(str, error.absolute_path))
             raise WorkflowError(
-                f"random search {job}: sampled config is invalid: {error}"
+                f"random search {job}: sampled config is invalid at {where}: {error.message}"
             )
     return runs
+
+
+@functools.cache
+def random_search_maps():
+    """MAPS directory -> experiment config of every run (a dict: lookups stay O(1))."""
+    return {run["maps_dir"]: run for _, run in random_search_runs().values()}
 
 
 def random_search_space(wildcards):
