@@ -49,6 +49,7 @@ def test_demo_through_slurm_survives_scancel(slurm_cluster, tmp_path):  # noqa: 
         sys.executable,
         "-m",
         "snakemake",
+        *MAPS_TARGETS,  # the MAPS only: the report's figures would be 6 more SLURM jobs
         "--profile",
         "profiles/slurm",
         "--directory",
@@ -57,7 +58,6 @@ def test_demo_through_slurm_survives_scancel(slurm_cluster, tmp_path):  # noqa: 
         "config/config.yaml",
         str(tmp_path / "config.yaml"),
         *_profile_overrides(),
-        *MAPS_TARGETS,  # the MAPS only: the report's figures would be 6 more SLURM jobs
     ]
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -108,3 +108,26 @@ def test_rerun_warns_when_environment_changed(demo, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the environment differs from the one recorded" in result.stderr
     assert "numpy: 0.0.1 -> " in result.stderr
+
+
+def test_report_builds_with_its_figures(demo, tmp_path):
+    workdir, _ = demo
+    report = tmp_path / "report.html"
+    result = run_snakemake(workdir, "--report", str(report), config=TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    html = report.read_text(errors="replace")
+    for name in (
+        "learning_curves.png",
+        "test_metrics.png",
+        "confusion_roc_final.png",
+        "environment.html",
+    ):
+        assert name in html, name
+    assert report.stat().st_size > 100_000
+
+
+def test_concurrent_splits_kept_the_shared_summary_whole(demo):
+    workdir, _ = demo
+    lines = (workdir / "results/maps/summary.log").read_text().splitlines()
+    assert sorted(line.split(":")[0] for line in lines) == ["split-0", "split-1"]
+    assert all("best loss" in line and "best BalancedAccuracy" in line for line in lines)

@@ -1,0 +1,184 @@
+"""Trainer unit tests: callback events in order, best models, early stopping, resume guard."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from snakemaps.data.dataset import CachedImages
+from snakemaps.errors import UserError
+from snakemaps.maps import Maps
+from snakemaps.models.description import resolve_description
+from snakemaps.models.network import build_network
+from snakemaps.train.callbacks import EVENTS, Callback, EarlyStopping, ModelCheckpoint
+from snakemaps.train.trainer import Settings, Trainer
+
+
+class Recorder(Callback):
+    name = "Recorder"
+
+    def __init__(self):
+        self.events = []
+
+
+for _event in EVENTS:
+    setattr(
+        Recorder,
+        _event,
+        lambda self, trainer, _e=_event, **kw: self.events.append((_e, trainer.state.stage)),
+    )
+
+
+def images(tmp_path, name, n):
+    rng = np.random.default_rng(len(name))
+    rows = []
+    for i in range(n):
+        path = tmp_path / f"{name}{i}.npy"
+        label = "AD" if i % 2 else "CN"
+        np.save(path, (rng.normal(size=(1, 12, 12, 12)) + (label == "AD")).astype(np.float32))
+        rows.append(
+            {
+                "participant_id": f"sub-{name}{i}",
+                "session_id": "ses-M000",
+                "label": label,
+                "tensor": str(path),
+            }
+        )
+    return CachedImages(pd.DataFrame(rows), ["CN", "AD"])
+
+
+def make_trainer(tmp_path, callbacks, epochs=2, fingerprint="a", monitor=("loss",)):
+    torch.manual_seed(0)
+    network = build_network(resolve_description({"conv_channels": [4, 8]}, (1, 12, 12, 12), 2))
+    settings = Settings(
+        epochs=epochs, batch_size=4, device=torch.device("cpu"), channels_last=False, seed=0
+    )
+    return Trainer(
+        maps=Maps(tmp_path / "maps"),
+        split=0,
+        network=network,
+        optimizer=torch.optim.Adam(network.parameters(), lr=1e-3),
+        optimizer_name="Adam",
+        train_data=images(tmp_path, "t", 8),
+        val_data=images(tmp_path, "v", 4),
+        settings=settings,
+        metric_names=["loss", "BalancedAccuracy"],
+        callbacks=[ModelCheckpoint(list(monitor), [1]), *callbacks],
+        fingerprint=fingerprint,
+    )
+
+
+def test_every_training_event_in_order(tmp_path):
+    recorder = Recorder()
+    make_trainer(tmp_path, [recorder], epochs=1).fit()
+    names = [event for event, _ in recorder.events]
+    train_batch = [
+        "on_batch_start",
+        "on_forward_step_start",
+        "on_backward_step_start",
+        "on_backward_step_end",
+        "on_optimization_step_start",
+        "on_optimization_step_end",
+        "on_batch_end",
+    ]
+    val_batch = [
+        "on_batch_start",
+        "on_evaluation_step_start",
+        "on_metrics_computation_start",
+        "on_metrics_computation_end",
+        "on_batch_end",
+    ]
+    expected = (
+        ["on_train_start", "on_epoch_start"]
+        + train_batch * 2
+        + ["on_validation_start"]
+        + val_batch
+        + ["on_validation_end", "on_epoch_end", "on_train_end"]
+    )
+    assert names == expected
+    stages = {event: stage for event, stage in recorder.events}
+    assert stages["on_forward_step_start"] == "train"
+    assert stages["on_evaluation_step_start"] == "validation"
+
+
+def test_resume_and_exception_events(tmp_path):
+    make_trainer(tmp_path, [], epochs=1).fit()
+    # Pretend training stopped after epoch 1 of 2: a checkpoint is in tmp/.
+    trainer = make_trainer(tmp_path, [], epochs=2)
+    trainer.state.current_epoch = 1
+    trainer.write_checkpoint()
+    recorder = Recorder()
+    resumed = make_trainer(tmp_path, [recorder], epochs=2)
+    resumed.fit()
+    names = [event for event, _ in recorder.events]
+    assert names[0] == "on_resume" and "on_train_start" not in names
+    assert names.count("on_epoch_start") == 1 and names[-1] == "on_train_end"
+
+    class Boom(Callback):
+        name = "Boom"
+
+        def on_epoch_start(self, trainer, **_):
+            raise RuntimeError("boom")
+
+    recorder = Recorder()
+    other = tmp_path / "other"
+    other.mkdir()
+    with pytest.raises(RuntimeError, match="boom"):
+        make_trainer(other, [Boom(), recorder], epochs=1).fit()
+    assert recorder.events[-1][0] == "on_exception"
+
+
+def test_resume_checkpoint_from_another_configuration_is_refused(tmp_path):
+    make_trainer(tmp_path, [], epochs=1, fingerprint="config-A").fit()
+    trainer = make_trainer(tmp_path, [], epochs=2, fingerprint="config-A")
+    trainer.state.current_epoch = 1
+    trainer.write_checkpoint()
+    with pytest.raises(UserError, match="another configuration or split manifest"):
+        make_trainer(tmp_path, [], epochs=2, fingerprint="config-B").fit()
+
+
+class FakeTrainer:
+    def __init__(self, tmp_path):
+        self.state = type("State", (), {"current_epoch": 0})()
+        self.split_dir = Maps(tmp_path).split(0)
+        self.saved = []
+
+    def save_model(self, path):
+        self.saved.append((self.state.current_epoch, path.parent.name))
+
+
+@pytest.mark.parametrize(
+    ("metric", "values", "best_epoch"),
+    [("loss", [0.9, 0.5, 0.7, 0.5], 2), ("BalancedAccuracy", [0.6, 0.8, 0.8, 0.7], 2)],
+)
+def test_best_model_follows_each_metrics_direction(tmp_path, metric, values, best_epoch):
+    callback = ModelCheckpoint([metric], [])
+    trainer = FakeTrainer(tmp_path)
+    for epoch, value in enumerate(values, start=1):
+        trainer.state.current_epoch = epoch
+        callback.on_validation_end(trainer, metrics={metric: value})
+    assert callback.best[metric] == {"value": values[best_epoch - 1], "epoch": best_epoch}
+    assert [e for e, _ in trainer.saved] == list(range(1, best_epoch + 1))  # saved on improvement
+    assert callback.is_better(metric, float("nan")) is False
+
+
+def test_early_stopping_with_patience_and_tolerance(tmp_path):
+    trainer = FakeTrainer(tmp_path)
+    trainer.state.should_stop = False
+    stopping = EarlyStopping("loss", patience=2, tolerance=0.05)
+    for epoch, loss in enumerate([1.0, 0.8, 0.78, 0.77], start=1):  # < 0.05 better: no progress
+        trainer.state.current_epoch = epoch
+        stopping.on_validation_end(trainer, metrics={"loss": loss})
+        assert trainer.state.should_stop == (epoch == 4)
+    restored = EarlyStopping("loss", patience=2, tolerance=0.05)
+    restored.load_state_dict(stopping.state_dict())
+    assert restored.state_dict() == {"best": 0.8, "bad": 2}
+
+
+def test_early_stopping_ends_a_real_run(tmp_path):
+    stopping = EarlyStopping("loss", patience=1, tolerance=10.0)  # nothing counts as progress
+    trainer = make_trainer(tmp_path, [stopping], epochs=5)
+    trainer.fit()
+    assert trainer.state.current_epoch == 2 and trainer.state.should_stop
+    assert Maps(tmp_path / "maps").split(0).models.final.model_pt.exists()
