@@ -147,3 +147,22 @@ def test_damaged_file_is_a_user_error(maps_dir, tmp_path):
     pd.read_csv(details, sep="\t").drop(columns="prediction").to_csv(details, sep="\t")
     with pytest.raises(UserError, match="prediction"):
         report.confusion_and_roc(maps, "test", "final", tmp_path / "f.png")
+
+
+def test_random_search_ranking_figure(tmp_path):
+    from snakemaps.report import random_search_ranking
+
+    ranked = tmp_path / "ranked_runs.tsv"
+    pd.DataFrame(
+        {
+            "job": ["job-1", "job-0", "job-2"],
+            "rank": [1, 2, None],
+            "status": ["done", "done", "not run"],
+            "BalancedAccuracy_mean": [0.9, 0.7, None],
+            "BalancedAccuracy_std": [0.05, 0.1, None],
+        }
+    ).to_csv(ranked, sep="\t", index=False)
+    out = random_search_ranking(ranked, tmp_path / "ranked.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    with pytest.raises(UserError, match="ranked_runs.tsv"):
+        random_search_ranking(tmp_path / "missing" / "ranked_runs.tsv", tmp_path / "x.png")

@@ -7,6 +7,7 @@ rule random_search:
         f"{LAUNCH_DIR}/analysis_balanced_accuracy.tsv",
         f"{LAUNCH_DIR}/analysis_loss.tsv",
         f"{LAUNCH_DIR}/ranked_runs.tsv",
+        f"reports/{LAUNCH_DIR}/ranked_runs.png",
 
 
 rule sample_random_search:
@@ -39,3 +40,21 @@ rule analyse_random_search:
         runs=lambda wildcards: random_search_runs(),
     script:
         "../scripts/analyse_random_search.py"
+
+
+rule report_random_search:
+    input:
+        ranked="{launch}/ranked_runs.tsv",
+    output:
+        report(
+            "reports/{launch}/ranked_runs.png",
+            category="Random search",
+            caption="report/random_search.rst",
+            labels={"figure": "ranked runs"},
+        ),
+    log:
+        "{launch}/logs/report_random_search.log",
+    conda:
+        "../envs/snakemaps.yaml"
+    script:
+        "../scripts/report_random_search.py"

@@ -721,3 +721,43 @@ and the machine facts in <code>env/system.json</code>.</p>
 </html>
 """
     return io.atomic_write_text(out, page)
+
+
+def random_search_ranking(ranked_tsv: str | Path, out: str | Path) -> Path:
+    """Each random-search run's validation balanced accuracy (mean ± std over splits), ranked."""
+    frame = _read_tsv(
+        Path(ranked_tsv),
+        "the random search's ranked table, written by rule analyse_random_search",
+        ["job", "status", "BalancedAccuracy_mean"],
+    )
+    frame = frame.iloc[::-1].reset_index(drop=True)  # best run at the top
+    fig = _new_figure(7.5, 1.2 + 0.35 * len(frame))
+    ax = fig.add_subplot()
+    done = frame["status"] == "done"
+    means = frame["BalancedAccuracy_mean"].where(done, 0.0).astype(float)
+    stds = frame.get("BalancedAccuracy_std", pd.Series(0.0, index=frame.index))
+    stds = pd.to_numeric(stds, errors="coerce").fillna(0.0).where(done, 0.0)
+    ax.barh(
+        frame.index,
+        means,
+        xerr=stds,
+        color=["tab:blue" if d else "lightgrey" for d in done],
+        capsize=3,
+    )
+    for i, (is_done, mean) in enumerate(zip(done, means)):
+        ax.text(
+            min(mean, 0.98) + 0.01 if is_done else 0.01,
+            i,
+            f"{mean:.3f}" if is_done else "not run",
+            va="center",
+            fontsize=8,
+        )
+    ax.set_yticks(frame.index, frame["job"])
+    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1, label="chance (2 classes)")
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel(
+        "validation balanced accuracy of the best-BalancedAccuracy model (mean ± std over splits)"
+    )
+    ax.set_title("Random search: runs ranked by validation balanced accuracy")
+    ax.legend(loc="lower right", fontsize=8)
+    return _save_figure(fig, out)
