@@ -8,8 +8,9 @@ Events (in the order the trainer emits them): ``on_train_start`` or
 per validation batch ``on_batch_start``, ``on_evaluation_step_start``,
 ``on_metrics_computation_start``, ``on_metrics_computation_end``,
 ``on_batch_end``; ``on_validation_end``; ``on_epoch_end``; finally
-``on_train_end``. ``on_validate_start/end`` and ``on_test_start/end`` frame
-standalone evaluations, ``on_exception`` any uncaught error, and
+``on_train_end``. ``on_validate_start/end`` and ``on_test_start/end`` are
+declared for standalone evaluations but not emitted yet (the validate and test
+steps do not run callbacks), ``on_exception`` any uncaught error, and
 ``on_checkpoint`` each resume checkpoint written.
 
 Every callback has ``state_dict`` / ``load_state_dict``; the trainer saves
