@@ -48,11 +48,16 @@ def images(tmp_path, name, n):
     return CachedImages(pd.DataFrame(rows), ["CN", "AD"])
 
 
-def make_trainer(tmp_path, callbacks, epochs=2, fingerprint="a", monitor=("loss",)):
+def make_trainer(tmp_path, callbacks, epochs=2, fingerprint="a", monitor=("loss",), **options):
     torch.manual_seed(0)
     network = build_network(resolve_description({"conv_channels": [4, 8]}, (1, 12, 12, 12), 2))
     settings = Settings(
-        epochs=epochs, batch_size=4, device=torch.device("cpu"), channels_last=False, seed=0
+        epochs=epochs,
+        batch_size=4,
+        device=torch.device("cpu"),
+        channels_last=False,
+        seed=0,
+        **options,
     )
     return Trainer(
         maps=Maps(tmp_path / "maps"),
@@ -182,3 +187,26 @@ def test_early_stopping_ends_a_real_run(tmp_path):
     trainer.fit()
     assert trainer.state.current_epoch == 2 and trainer.state.should_stop
     assert Maps(tmp_path / "maps").split(0).models.final.model_pt.exists()
+
+
+def test_gradient_accumulation_steps_the_optimizer_every_n_batches(tmp_path):
+    trainer = make_trainer(tmp_path, [], epochs=2, accumulation_steps=2)
+    trainer.fit()
+    assert trainer.state.optim_step == 2  # 2 batches per epoch, one step per 2 batches
+    assert len(trainer.loss_log.rows) == 2
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    def update_size(folder, **options):
+        folder.mkdir()
+        trainer = make_trainer(folder, [], epochs=1, **options)
+        before = [p.detach().clone() for p in trainer.network.parameters()]
+        trainer.optimizer = torch.optim.SGD(trainer.network.parameters(), lr=1.0)
+        trainer.fit()
+        return sum(
+            float((p.detach() - b).norm()) for p, b in zip(trainer.network.parameters(), before)
+        )
+
+    free = update_size(tmp_path / "free")
+    clipped = update_size(tmp_path / "clipped", clip_grad_norm=1e-3)
+    assert clipped < free / 10
