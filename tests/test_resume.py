@@ -111,6 +111,8 @@ def assert_same_as_unbroken(broken: Path, unbroken: Path) -> None:
     resumed, reference = frames(maps_a), frames(maps_b)
     for name in reference:
         assert len(resumed[name]) == len(reference[name]), name
+        if "epoch" in reference[name].columns:
+            assert list(resumed[name]["epoch"]) == list(reference[name]["epoch"]), name
         if name != "logs/computational.tsv":  # timings differ; everything else is identical
             pd.testing.assert_frame_equal(resumed[name], reference[name], obj=name)
     assert list((maps_a / "training/split-0/tmp").iterdir()) == []

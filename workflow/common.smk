@@ -2,6 +2,7 @@
 # MAPS each), input functions and wildcard constraints. Nothing here imports
 # torch or the snakemaps package, so building the DAG stays fast.
 import functools
+import os
 import re
 import shutil
 import sys
@@ -11,6 +12,15 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 validate(config, "../config/config.schema.yaml")
+
+# Jobs import the package from this workflow's scripts/ folder, ahead of any
+# installed copy (Snakemake appends a script's folder to sys.path, so another
+# checkout's `pip install -e` would otherwise win).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p
+    for p in (str(Path(workflow.basedir) / "scripts"), os.environ.get("PYTHONPATH"))
+    if p
+)
 
 MAPS_DIR = config["maps_dir"].rstrip("/")
 LAUNCH_DIR = config["random_search"]["launch_dir"].rstrip("/")

@@ -268,7 +268,7 @@ class ComputationalMonitor(Callback):
     name = "ComputationalMonitor"
     rows = "epoch"  # log rows are per epoch
     PHASES = (
-        "epoch",
+        "epoch_time",
         "train_loop",
         "batch_loading",
         "forward",
@@ -311,7 +311,7 @@ class ComputationalMonitor(Callback):
     def on_epoch_end(self, trainer: Trainer, **_: Any) -> None:
         import torch
 
-        self.add("epoch", time.perf_counter() - self.started)
+        self.add("epoch_time", time.perf_counter() - self.started)
         row = {
             "epoch": trainer.state.current_epoch,
             **{p: self.times.get(p, 0.0) for p in self.PHASES},
