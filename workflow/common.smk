@@ -16,10 +16,12 @@ validate(config, "../config/config.schema.yaml")
 # Jobs import the package from this workflow's scripts/ folder, ahead of any
 # installed copy (Snakemake appends a script's folder to sys.path, so another
 # checkout's `pip install -e` would otherwise win).
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p
-    for p in (str(Path(workflow.basedir) / "scripts"), os.environ.get("PYTHONPATH"))
-    if p
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        p
+        for p in (str(Path(workflow.basedir) / "scripts"), os.environ.get("PYTHONPATH"))
+        if p
+    )
 )
 
 MAPS_DIR = config["maps_dir"].rstrip("/")
