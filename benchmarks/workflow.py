@@ -355,10 +355,10 @@ def resume_overhead(
             "< 1",
             value < 1,
             "epochs",
-            f"+{overhead:.1f} s over an unbroken {clean_s:.1f} s run ({epochs} epochs of "
+            f"{overhead:+.1f} s over an unbroken {clean_s:.1f} s run ({epochs} epochs of "
             f"{epoch_s:.2f} s, killed right after checkpoint {kill_at}); the restarted job took "
             f"{resuming - second:.1f} s from its first log line to the checkpoint load; "
-            f"+{overhead_cpu:.1f} CPU-s",
+            f"{overhead_cpu:+.1f} CPU-s",
             {
                 "epochs": epochs,
                 "kill_after_checkpoint": kill_at,
@@ -502,7 +502,7 @@ def single_job_of_search(
                 "(info)",
                 None,
                 "s",
-                f"snakemake -n of job-0 split-0 alone ({row['jobs']} jobs): +{extra:.1f} s over a "
+                f"snakemake -n of job-0 split-0 alone ({row['jobs']} jobs): {extra:+.1f} s over a "
                 f"plain experiment's whole dry-run; a cluster job re-parses the Snakefile and "
                 f"pays this before it starts",
                 {**row, "n_runs": n_runs, "baseline": base},
