@@ -127,11 +127,3 @@ def read_manifest(manifest: str | Path) -> pd.DataFrame:
     frame = pd.read_csv(manifest, sep="\t", dtype=str, keep_default_na=False)
     frame["tensor"] = [str((manifest.parent / t).resolve()) for t in frame["tensor"]]
     return frame
-
-
-def covariate_columns(frame: pd.DataFrame) -> list[str]:
-    return [
-        c
-        for c in frame.columns
-        if c not in ("participant_id", "session_id", "label", "image", "tensor")
-    ]

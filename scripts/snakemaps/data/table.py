@@ -58,9 +58,3 @@ def read_table(path: str | Path, label: str = "label", key: str = "data.tsv") ->
 def resolve_image(folder: Path, image: str) -> Path:
     image_path = Path(image)
     return image_path if image_path.is_absolute() else (folder / image_path).resolve()
-
-
-def baseline_sessions(frame: pd.DataFrame) -> pd.DataFrame:
-    """The first session (in session_id order) of each participant."""
-    ordered = frame.sort_values(["participant_id", "session_id"], kind="stable")
-    return ordered.drop_duplicates("participant_id", keep="first")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import io
-from ..errors import UserError
 from .names import (
     checkpoint_name,
     model_dir_name,
@@ -310,10 +309,3 @@ def default_provenance() -> dict[str, Any]:
         "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
-
-
-def require_maps_file(path: Path, hint: str) -> Path:
-    """Return ``path`` or raise UserError saying which step makes it."""
-    if not Path(path).exists():
-        raise UserError(f"missing {path}: {hint}")
-    return Path(path)
