@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 def main(config_path: str, threads: int) -> None:
     start = time.perf_counter()
     from snakemaps.data.prepare import prepare_cache
-    from snakemaps.env import snapshot
+    from snakemaps.env import project_lock_files, snapshot
     from snakemaps.evaluate import (
         evaluate_test_group,
         register_test_group,
@@ -73,7 +73,7 @@ def main(config_path: str, threads: int) -> None:
             evaluate_test_group(maps_dir=maps, group=g, split=k, models=models, **evaluation)
         for metric in train["monitor"]:
             summarize_group(maps, g, metric, splits)
-    snapshot(maps_dir=maps, project_dir=ROOT)
+    snapshot(maps_dir=maps, lock_files=project_lock_files(ROOT))
     print(json.dumps({"in_process_s": time.perf_counter() - start}))
 
 

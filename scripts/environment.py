@@ -8,7 +8,7 @@ from snakemaps.steps import run_step
 
 def main(smk):
     maps_dir = Path(smk.output.txt).parent.parent
-    run_step(smk, snapshot, maps_dir=maps_dir, project_dir=Path(smk.scriptdir).parent)
+    run_step(smk, snapshot, maps_dir=maps_dir, lock_files=list(smk.input.lock))
 
 
 if __name__ == "__main__":

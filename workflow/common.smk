@@ -258,6 +258,13 @@ def random_search_inputs(wildcards):
     return inputs
 
 
+def project_lock_files(wildcards):
+    """The lock files (requirements.lock, uv.lock, ...) beside the Snakefile."""
+    from snakemaps.env import project_lock_files as found
+
+    return [str(path) for path in found(workflow.basedir)]
+
+
 def warn_if_environment_changed(maps):
     """Print what changed since the environment of ``maps`` was recorded."""
     from snakemaps.env import recorded_changes

@@ -5,6 +5,9 @@ warn_if_environment_changed(MAPS_DIR)
 
 
 rule environment:
+    input:
+        # The project's lock file(s), copied into env/; editing one reruns the step.
+        lock=project_lock_files,
     output:
         txt="{maps}/env/environment.txt",
         system="{maps}/env/system.json",

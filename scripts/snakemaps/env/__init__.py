@@ -10,15 +10,25 @@ import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .. import io
-from ..maps import Maps
+from ..errors import UserError
+from ..maps import Env, Maps
 
 logger = logging.getLogger("snakemaps.env")
 
+# Lock files a project may have at its root; the snapshot copies those it finds.
 LOCK_FILES = ("requirements.lock", "uv.lock", "poetry.lock", "pixi.lock", "conda-lock.yml")
+# Files the snapshot writes itself, which a lock file's copy must not replace.
+SNAPSHOT_FILES = ("environment.txt", "environment.yml", "environment_portable.yml", "system.json")
+# The format page's portable export: versions without build strings or channels.
+PORTABLE_FLAGS = ("--no-builds", "--ignore-channels")
+CONDA_TIMEOUT_S = 300
 
 
 def pip_freeze() -> str:
@@ -134,27 +144,115 @@ def warn_if_changed(environment_txt: str | Path) -> list[str]:
     return changes
 
 
-def snapshot(maps_dir: str | Path, project_dir: str | Path = ".") -> Path:
-    """Write the MAPS's ``env/``; warn with the differences if an earlier snapshot differs."""
+def project_lock_files(project_dir: str | Path) -> list[Path]:
+    """The lock files (``LOCK_FILES``) that the project in ``project_dir`` has."""
+    root = Path(project_dir)
+    return [root / name for name in LOCK_FILES if (root / name).is_file()]
+
+
+def copy_lock_files(env_dir: Path, lock_files: Iterable[str | Path]) -> list[Path]:
+    """Copy each lock file into ``env_dir`` under its own name; drop copies the project no longer has."""
+    copies = []
+    for source in map(Path, lock_files):
+        if source.name in SNAPSHOT_FILES:
+            raise UserError(
+                f"{source}: a lock file may not be named {source.name}, a file the snapshot "
+                "itself writes; rename it."
+            )
+        try:
+            data = source.read_bytes()
+        except OSError as error:
+            raise UserError(
+                f"{source}: cannot read the project's lock file ({error.strerror}); "
+                "restore it or remove it from the project."
+            ) from None
+        copies.append(io.atomic_write_bytes(env_dir / source.name, data))
+    names = {copy.name for copy in copies}
+    for name in LOCK_FILES:
+        stale = env_dir / name
+        if name not in names and stale.is_file():
+            stale.unlink()
+            logger.info("removed %s: the project no longer has %s", stale, name)
+    return copies
+
+
+def conda_executable() -> str | None:
+    """The conda that manages the running environment: ``$CONDA_EXE``, else ``conda`` on PATH."""
+    exe = os.environ.get("CONDA_EXE")
+    if exe and os.path.isfile(exe) and os.access(exe, os.X_OK):
+        return exe
+    return shutil.which("conda")
+
+
+def conda_export(conda: str, prefix: str, *flags: str) -> str | None:
+    """``conda env export -p <prefix> <flags>``; None, with a warning, when it fails."""
+    command = [conda, "env", "export", "-p", prefix, *flags]
+    shown = " ".join(command)
+    try:
+        out = subprocess.run(
+            command, capture_output=True, text=True, check=False, timeout=CONDA_TIMEOUT_S
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        logger.warning("%s failed: %s", shown, error)
+        return None
+    if out.returncode != 0:
+        message = out.stderr.strip()[-2000:] or "(nothing on stderr)"
+        logger.warning("%s exited with status %d: %s", shown, out.returncode, message)
+        return None
+    try:
+        exported = yaml.safe_load(out.stdout)
+    except yaml.YAMLError as error:
+        logger.warning("%s printed no valid YAML: %s", shown, error)
+        return None
+    if not isinstance(exported, dict) or "dependencies" not in exported:
+        logger.warning("%s printed no environment (no dependencies list)", shown)
+        return None
+    return out.stdout
+
+
+def conda_exports(env: Env) -> list[Path]:
+    """``environment.yml`` and ``environment_portable.yml`` when running inside conda.
+
+    A conda that is missing or fails leaves a warning in the log and no export
+    (never a stale one from an earlier snapshot): the rest of the snapshot
+    stands without it.
+    """
+    targets = {env.environment_yml: (), env.environment_portable_yml: PORTABLE_FLAGS}
+    written = []
+    prefix = os.environ.get("CONDA_PREFIX")
+    if prefix:
+        conda = conda_executable()
+        if conda is None:
+            logger.warning(
+                "CONDA_PREFIX is %s but no conda executable was found ($CONDA_EXE, PATH): "
+                "env/ gets no conda export",
+                prefix,
+            )
+        else:
+            for path, flags in targets.items():
+                text = conda_export(conda, prefix, *flags)
+                if text is not None:
+                    written.append(io.atomic_write_text(path, text))
+    for path in targets:
+        if path not in written and path.is_file():
+            path.unlink()
+            logger.info("removed %s: it described an earlier environment", path)
+    return written
+
+
+def snapshot(maps_dir: str | Path, lock_files: Iterable[str | Path] = ()) -> Path:
+    """Write the MAPS's ``env/``; warn with the differences if an earlier snapshot differs.
+
+    ``lock_files`` are the project's lock files (``project_lock_files``),
+    copied into ``env/`` under their own names.
+    """
     env = Maps(maps_dir).env
     freeze = pip_freeze()
     target = env.environment_txt
     warn_if_changed(target)
     io.atomic_write_text(target, header(target) + freeze)
-    if os.environ.get("CONDA_PREFIX") and shutil.which("conda"):
-        for path, extra in (
-            (env.environment_yml, []),
-            (env.environment_portable_yml, ["--no-builds", "--ignore-channels"]),
-        ):
-            out = subprocess.run(
-                ["conda", "env", "export", *extra], capture_output=True, text=True, check=False
-            )
-            if out.returncode == 0:
-                io.atomic_write_text(path, out.stdout)
-    for name in LOCK_FILES:
-        lock = Path(project_dir) / name
-        if lock.is_file():
-            io.atomic_write_bytes(env.path / name, lock.read_bytes())
+    conda_exports(env)
+    copy_lock_files(env.path, lock_files)
     io.atomic_write_text(env.system_json, json.dumps(system_facts(), indent=4) + "\n")
     logger.info("environment snapshot written to %s", env.path)
     return target
