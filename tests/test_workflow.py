@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, run_snakemake
+from conftest import ROOT, TINY, run_snakemake
 from snakemaps.maps import Maps
 
 pytestmark = pytest.mark.workflow
@@ -43,6 +43,8 @@ def test_complete_maps_opens_and_has_every_file(demo):
             details = pd.read_csv(result.metrics.details_tsv, sep="\t")
             assert list(details.columns[:2]) == ["participant_id", "session_id"]
     assert maps.env.environment_txt.read_text().startswith("# snakemaps environment snapshot")
+    lock = maps.env.path / "requirements.lock"
+    assert lock.read_bytes() == (ROOT / "requirements.lock").read_bytes()
     summary = pd.read_csv(maps.test.groups["test"].summary_tsv("BalancedAccuracy"), sep="\t")
     assert list(summary["split"]) == ["0", "1", "mean", "std"]
 
