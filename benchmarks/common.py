@@ -160,7 +160,9 @@ def full_config(extra: Mapping[str, Any]) -> dict[str, Any]:
 
     config = deep_merge(yaml.safe_load(BASE_CONFIG.read_text()), extra)
     validate(config, str(SCHEMA), set_default=True)
-    return config
+    from snakemaps.tasks import resolve_defaults
+
+    return resolve_defaults(config)
 
 
 def snakemake_command(workdir: Path, overlay_file: Path | None, *args: str) -> list[str]:

@@ -18,6 +18,7 @@ def main(smk):
         model=smk.params.model,
         train=smk.params.train,
         positive_class=smk.params.positive_class,
+        task=smk.params.task,
     )
 
 

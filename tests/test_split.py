@@ -84,3 +84,48 @@ def test_positive_class_is_last_and_must_exist():
     assert order_classes(["AD", "CN"], "AD") == ["CN", "AD"]
     with pytest.raises(UserError, match=r"data.positive_class: 'MCI' is not a label"):
         order_classes(["AD", "CN"], "MCI")
+
+
+def age_table(n=40, sessions=2):
+    return pd.DataFrame(
+        [
+            {
+                "participant_id": f"sub-{i:03d}",
+                "session_id": f"ses-M{12 * s:03d}",
+                "label": f"{55 + i * 0.75 + s:.1f}",
+            }
+            for i in range(n)
+            for s in range(1 + i % sessions)
+        ]
+    )
+
+
+def test_regression_splits_group_participants_and_spread_the_target():
+    frame = age_table()
+    folds = assign_splits(frame, 4, seed=0, task="regression")
+    ages = participant_labels(frame).astype(float)
+    everyone = set(frame["participant_id"])
+    assert sorted(p for _, va in folds for p in va) == sorted(everyone)
+    for train, validation in folds:
+        assert not set(train) & set(validation)
+        # Stratified on age quintiles: every fold's validation spans young to old.
+        assert ages[validation].min() < 62 and ages[validation].max() > 77, ages[validation]
+    # A single split: the validation set takes one participant per age quartile.
+    ((train, validation),) = assign_splits(age_table(16), 1, 0, 0.25, task="regression")
+    ages = participant_labels(age_table(16)).astype(float)
+    assert len(validation) == 4 and len(train) == 12
+    assert sorted(pd.qcut(ages, 4, labels=False)[validation]) == [0, 1, 2, 3]
+
+
+def test_regression_needs_numbers_and_variation():
+    from snakemaps.split import check_regression_splittable
+
+    frame = age_table()
+    frame.loc[3, "label"] = "old"
+    with pytest.raises(UserError, match=r"not finite numbers: 'old'.*data.task: classification"):
+        check_regression_splittable(participant_labels(frame), 3, "train.tsv")
+    constant = age_table().assign(label="70")
+    with pytest.raises(UserError, match="every label is 70"):
+        check_regression_splittable(participant_labels(constant), 3, "train.tsv")
+    with pytest.raises(UserError, match="needs at least 10 participants"):
+        check_regression_splittable(participant_labels(age_table(n=6)), 5, "train.tsv")

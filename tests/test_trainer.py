@@ -12,7 +12,7 @@ from snakemaps.maps import Maps
 from snakemaps.models.description import resolve_description
 from snakemaps.models.network import build_network
 from snakemaps.train.callbacks import EVENTS, Callback, EarlyStopping, ModelCheckpoint
-from snakemaps.train.trainer import Settings, Trainer
+from snakemaps.train.trainer import Evaluation, Objective, Settings, Trainer
 
 
 class Recorder(Callback):
@@ -30,27 +30,41 @@ for _event in EVENTS:
     )
 
 
-def images(tmp_path, name, n):
+def images(tmp_path, name, n, regression=False):
+    """Images whose mean intensity carries the label: AD/CN, or a number for a regression."""
     rng = np.random.default_rng(len(name))
     rows = []
     for i in range(n):
         path = tmp_path / f"{name}{i}.npy"
-        label = "AD" if i % 2 else "CN"
-        np.save(path, (rng.normal(size=(1, 12, 12, 12)) + (label == "AD")).astype(np.float32))
+        label = 60 + 3 * i if regression else ("AD" if i % 2 else "CN")
+        shift = (label - 60) / 30 if regression else float(label == "AD")
+        np.save(path, (rng.normal(size=(1, 12, 12, 12)) + shift).astype(np.float32))
         rows.append(
             {
                 "participant_id": f"sub-{name}{i}",
                 "session_id": "ses-M000",
-                "label": label,
+                "label": str(label),
                 "tensor": str(path),
             }
         )
-    return CachedImages(pd.DataFrame(rows), ["CN", "AD"])
+    return CachedImages(pd.DataFrame(rows), None if regression else ["CN", "AD"])
 
 
-def make_trainer(tmp_path, callbacks, epochs=2, fingerprint="a", monitor=("loss",), **options):
+def make_trainer(
+    tmp_path,
+    callbacks,
+    epochs=2,
+    fingerprint="a",
+    monitor=("loss",),
+    objective=None,
+    **options,
+):
+    objective = objective or Objective()
     torch.manual_seed(0)
-    network = build_network(resolve_description({"conv_channels": [4, 8]}, (1, 12, 12, 12), 2))
+    outputs = 2 if objective.target is None else 1
+    network = build_network(
+        resolve_description({"conv_channels": [4, 8]}, (1, 12, 12, 12), outputs)
+    )
     settings = Settings(
         epochs=epochs,
         batch_size=4,
@@ -59,18 +73,20 @@ def make_trainer(tmp_path, callbacks, epochs=2, fingerprint="a", monitor=("loss"
         seed=0,
         **options,
     )
+    regression = objective.target is not None
     return Trainer(
         maps=Maps(tmp_path / "maps"),
         split=0,
         network=network,
         optimizer=torch.optim.Adam(network.parameters(), lr=1e-3),
         optimizer_name="Adam",
-        train_data=images(tmp_path, "t", 8),
-        val_data=images(tmp_path, "v", 4),
+        train_data=images(tmp_path, "t", 8, regression),
+        val_data=images(tmp_path, "v", 4, regression),
         settings=settings,
-        metric_names=["loss", "BalancedAccuracy"],
+        metric_names=["loss", "MAE", "R2"] if regression else ["loss", "BalancedAccuracy"],
         callbacks=[ModelCheckpoint(list(monitor), [1]), *callbacks],
         fingerprint=fingerprint,
+        objective=objective,
     )
 
 
@@ -210,3 +226,83 @@ def test_gradient_clipping_bounds_the_update(tmp_path):
     free = update_size(tmp_path / "free")
     clipped = update_size(tmp_path / "clipped", clip_grad_norm=1e-3)
     assert clipped < free / 10
+
+
+VALIDATION_BATCH = [
+    "on_batch_start",
+    "on_evaluation_step_start",
+    "on_metrics_computation_start",
+    "on_metrics_computation_end",
+    "on_batch_end",
+]
+
+
+@pytest.mark.parametrize("called", ["validate", "test"])
+def test_standalone_evaluation_events(tmp_path, called):
+    """The validate and test steps' evaluation emits on_<called>_start/_end around its batches."""
+    trainer = make_trainer(tmp_path, [], epochs=1)
+    trainer.fit()
+    recorder = Recorder()
+    data = images(tmp_path, "e", 6)
+    values, details = Evaluation(
+        called=called,
+        split=0,
+        model="final",
+        data_name="validation" if called == "validate" else "group-test",
+        network=trainer.network,
+        data=data,
+        batch_size=4,
+        device=torch.device("cpu"),
+        dtype=None,
+        metric_names=["loss", "BalancedAccuracy"],
+        objective=Objective(),
+        callbacks=[recorder],
+    ).run()
+    names = [event for event, _ in recorder.events]
+    assert names == [f"on_{called}_start", *VALIDATION_BATCH * 2, f"on_{called}_end"]
+    assert {stage for _, stage in recorder.events} == {called}
+    assert set(values) == {"loss", "BalancedAccuracy"}
+    assert list(details["participant_id"]) == list(data.frame["participant_id"])
+
+
+def test_standalone_evaluation_exception_event(tmp_path):
+    recorder = Recorder()
+    network = build_network(resolve_description({"conv_channels": [4, 8]}, (1, 12, 12, 12), 2))
+    with pytest.raises(KeyError):
+        Evaluation(
+            called="test",
+            split=0,
+            model="final",
+            data_name="group-test",
+            network=network,
+            data=images(tmp_path, "e", 4),
+            batch_size=4,
+            device=torch.device("cpu"),
+            dtype=None,
+            metric_names=["MAE"],  # a regression metric on a classifier
+            objective=Objective(),
+            callbacks=[recorder],
+        ).run()
+    assert [event for event, _ in recorder.events][-1] == "on_exception"
+
+
+def test_regression_learns_and_reports_in_label_units(tmp_path):
+    """A regressor trains on the standardized target and predicts in the label's units."""
+    ages = np.array([60 + 3 * i for i in range(8)], dtype=float)
+    objective = Objective({"mean": float(ages.mean()), "std": float(ages.std())})
+    trainer = make_trainer(tmp_path, [], epochs=25, monitor=("loss", "MAE"), objective=objective)
+    trainer.fit()
+    log = pd.read_csv(trainer.split_dir.validation_metrics.aggregated_tsv, sep="\t")
+    assert list(log.columns) == ["epoch", "loss", "MAE", "R2"]
+    # Validation ages are 60..69; the intensity shift makes them learnable.
+    assert log["MAE"].iloc[-1] < log["MAE"].iloc[0]
+    assert log["MAE"].iloc[-1] < 4.0, log
+    details = pd.read_csv(trainer.split_dir.validation_metrics.details_tsv, sep="\t")
+    assert {"label", "prediction", "loss"} <= set(details.columns)
+    assert not any(c.startswith("proba") for c in details.columns)
+    assert details["prediction"].between(40, 90).all()
+    # MAE from the details equals the logged MAE of the last epoch.
+    last = details[details["epoch"] == log["epoch"].iloc[-1]]
+    assert np.isclose((last["prediction"] - last["label"]).abs().mean(), log["MAE"].iloc[-1])
+    best = trainer.split_dir.models.best_models
+    assert (best.path / "best-MAE" / "model.pt").exists()

@@ -1,6 +1,6 @@
 # Helpers shared by every stage: config validation, the experiments (one
-# MAPS each), input functions and wildcard constraints. Nothing here imports
-# torch or the snakemaps package, so building the DAG stays fast.
+# MAPS each), input functions and wildcard constraints. Only torch-free parts
+# of the snakemaps package are imported here, so building the DAG stays fast.
 import functools
 import os
 import re
@@ -12,6 +12,13 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 validate(config, "../config/config.schema.yaml")
+
+# The package (torch-free parts only) is importable while the DAG is built.
+sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+from snakemaps.tasks import resolve_defaults
+
+# train.metrics / train.monitor left null take the task's defaults.
+resolve_defaults(config)
 
 # Jobs import the package from this workflow's scripts/ folder, ahead of any
 # installed copy (Snakemake appends a script's folder to sys.path, so another
@@ -172,9 +179,8 @@ def maps_targets(maps):
 
 # Random search. Runs are sampled while the DAG is built (sampling is
 # torch-free and takes milliseconds), so every run's jobs join one DAG. This is
-# the one place the workflow imports the package, lazily: re-implementing the
-# sampler here would give two sources of truth for what a seed samples.
-sys.path.insert(0, str(Path(workflow.basedir) / "scripts"))
+# the workflow imports the sampler lazily: re-implementing it here would give
+# two sources of truth for what a seed samples.
 
 RANDOM_SEARCH = config["random_search"]
 RANDOM_SEARCH_JOBS = [f"job-{i}" for i in range(RANDOM_SEARCH["n_runs"])]
@@ -209,6 +215,12 @@ def random_search_runs():
     from snakemaps.search.launch import run_configs
     from snakemaps.search.sampling import load_space
 
+    if config["data"]["task"] != "classification":
+        raise WorkflowError(
+            "random search analyses classification runs (balanced accuracy and loss); "
+            "data.task is regression. Set data.task: classification or run the "
+            "experiments one by one."
+        )
     missing = [m for m in SELECTION_METRICS if m not in MONITOR]
     if missing:
         raise WorkflowError(f"random search needs train.monitor to include {missing}")

@@ -13,11 +13,16 @@ report_targets = lambda maps: [
     f"reports/{maps}/environment.html",
     *(f"reports/{maps}/group-{group}/test_metrics.png" for group in test_groups()),
     *(
-        f"reports/{maps}/group-{group}/confusion_roc_{model}.png"
+        f"reports/{maps}/group-{group}/{PER_MODEL_FIGURE}_{model}.png"
         for group in test_groups()
         for model in MODEL_NAMES
     ),
 ]
+# Per model and test group: a confusion matrix + ROC, or for a regression the
+# predictions against the true values.
+PER_MODEL_FIGURE = (
+    "predictions" if config["data"]["task"] == "regression" else "confusion_roc"
+)
 
 
 rule report_learning_curves:
@@ -70,7 +75,7 @@ rule report_test_metrics:
         "../scripts/report_test_metrics.py"
 
 
-rule report_confusion_roc:
+rule report_test_figure:
     input:
         lambda wildcards: [
             f"{wildcards.maps}/test/group-{wildcards.group}/results/split-{k}/"
@@ -79,22 +84,23 @@ rule report_confusion_roc:
         ],
     output:
         report(
-            "reports/{maps}/group-{group}/confusion_roc_{model}.png",
+            "reports/{maps}/group-{group}/{figure}_{model}.png",
             category="Test results",
             subcategory="{maps}: group {group}",
-            caption="report/confusion_roc.rst",
-            labels={"figure": "confusion matrix and ROC", "model": "{model}"},
+            caption="report/test_figure.rst",
+            labels={"figure": "{figure}", "model": "{model}"},
         ),
     log:
-        "logs/{maps}/report_confusion_roc-{group}_{model}.log",
+        "logs/{maps}/report_{figure}-{group}_{model}.log",
     wildcard_constraints:
         model=REPORT_MODEL,
+        figure="confusion_roc|predictions",
     conda:
         "../envs/snakemaps.yaml"
     params:
         splits=lambda wildcards: splits(wildcards.maps),
     script:
-        "../scripts/report_confusion_roc.py"
+        "../scripts/report_test_figure.py"
 
 
 rule report_environment:

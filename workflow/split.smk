@@ -22,5 +22,6 @@ rule split:
         model=lambda wildcards: exp(wildcards)["model"],
         train=lambda wildcards: exp(wildcards)["train"],
         positive_class=POSITIVE_CLASS,
+        task=lambda wildcards: exp(wildcards)["data"]["task"],
     script:
         "../scripts/split.py"

@@ -15,13 +15,24 @@ from .split import make_splits
 
 
 def model_json(
-    model: Mapping[str, Any], train: Mapping[str, Any], input_shape: list[int], classes: list[str]
+    model: Mapping[str, Any],
+    train: Mapping[str, Any],
+    input_shape: list[int],
+    classes: list[str] | None,
+    target: Mapping[str, float] | None = None,
 ) -> dict[str, Any]:
-    description = resolve_description(model, input_shape, len(classes))
+    """``model.json``: a classifier over ``classes``, or a regressor (``classes`` None).
+
+    A regressor predicts the standardized target; ``target`` holds the mean and
+    standard deviation that turn its output back into the label's units.
+    """
+    regression = classes is None
+    description = resolve_description(model, input_shape, 1 if regression else len(classes))
     return {
-        "name_": "ClassificationModel",
+        "name_": "RegressionModel" if regression else "ClassificationModel",
+        "task": "regression" if regression else "classification",
         "network": {"name_": "CNN", **description},
-        "loss": {"name_": "CrossEntropyLoss"},
+        "loss": {"name_": "MSELoss" if regression else "CrossEntropyLoss"},
         "optimizer": {
             "name_": train["optimizer"],
             "lr": train["learning_rate"],
@@ -29,7 +40,17 @@ def model_json(
         },
         "input_shape": input_shape,
         "classes": classes,
+        **({"target": dict(target)} if regression else {}),
     }
+
+
+def target_scale(manifest: str | Path) -> dict[str, float]:
+    """Mean and standard deviation of the training table's labels (a regression's scale)."""
+    from .data.prepare import read_manifest
+    from .data.table import numeric_labels
+
+    values = numeric_labels(read_manifest(manifest)["label"], str(manifest))
+    return {"mean": float(values.mean()), "std": float(values.std())}
 
 
 def callbacks_json(train: Mapping[str, Any]) -> dict[str, Any]:
@@ -73,12 +94,13 @@ def create_maps(
     model: Mapping[str, Any],
     train: Mapping[str, Any],
     positive_class: str | None = None,
+    task: str = "classification",
 ) -> Path:
     """Write the MAPS root files and ``training/data``; return the split manifest path."""
     from .train.metrics import check_metric_names, metrics_json
 
-    check_metric_names(train["metrics"], "train.metrics")
-    check_metric_names(train["monitor"], "train.monitor")
+    check_metric_names(train["metrics"], "train.metrics", task)
+    check_metric_names(train["monitor"], "train.monitor", task)
     missing = sorted(set(train["monitor"]) - set(train["metrics"]))
     if missing:
         raise UserError(f"train.monitor: {missing} must also be listed in train.metrics")
@@ -93,11 +115,13 @@ def create_maps(
         batch_size=train["batch_size"],
         num_workers=train["num_workers"],
         positive_class=positive_class,
+        task=task,
     )
     classes = io.read_json(manifest_path)["classes"]
     shape = io.read_json(info_path(manifest))["shape"]
+    target = target_scale(manifest) if task == "regression" else None
     Maps(maps_dir).create(
-        model=model_json(model, train, shape, classes),
+        model=model_json(model, train, shape, classes, target),
         metrics=metrics_json(train["metrics"]),
         callbacks=callbacks_json(train),
         optimization=optimization_json(train),

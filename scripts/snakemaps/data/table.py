@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import UserError
@@ -50,7 +51,9 @@ def read_table(path: str | Path, label: str = "label", key: str = "data.tsv") ->
             f"{path}: duplicate (participant_id, session_id) pair(s): {', '.join(pairs[:10])}; "
             "each session must appear once"
         )
-    frame = frame.rename(columns={label: "label"}) if label != "label" else frame
+    if label != "label":
+        # The target becomes "label"; a column already named so stays, as "original_label".
+        frame = frame.rename(columns={"label": "original_label", label: "label"})
     frame["image"] = [str(resolve_image(path.parent, image)) for image in frame["image"]]
     return frame.sort_values(["participant_id", "session_id"], kind="stable").reset_index(drop=True)
 
@@ -58,3 +61,16 @@ def read_table(path: str | Path, label: str = "label", key: str = "data.tsv") ->
 def resolve_image(folder: Path, image: str) -> Path:
     image_path = Path(image)
     return image_path if image_path.is_absolute() else (folder / image_path).resolve()
+
+
+def numeric_labels(labels: pd.Series, source: str = "the table") -> np.ndarray:
+    """Labels as float64 for regression; UserError naming the values that are not numbers."""
+    values = pd.to_numeric(labels, errors="coerce")
+    bad = labels[values.isna() | ~np.isfinite(values)]
+    if len(bad):
+        shown = ", ".join(repr(v) for v in bad.unique()[:5])
+        raise UserError(
+            f"{source}: data.task is regression but the label column holds value(s) that are "
+            f"not finite numbers: {shown}. Fix those rows, or set data.task: classification."
+        )
+    return values.to_numpy(dtype=np.float64)

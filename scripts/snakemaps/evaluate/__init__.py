@@ -47,13 +47,16 @@ def _evaluate(
     device: str,
     batch_size: int,
     threads: int,
+    called: str,
+    data_name: str,
 ) -> tuple[dict[str, float], pd.DataFrame, dict]:
+    """Evaluate one saved model; ``called`` is "validate" or "test" (callback events)."""
     import torch
 
     from ..data.dataset import CachedImages
     from ..models.network import build_network
-    from ..train import metrics as M
-    from ..train.trainer import Batches, amp_dtype, load_maps_weights, predict, resolve_device
+    from ..train.callbacks import ProgressLogger
+    from ..train.trainer import Evaluation, Objective, amp_dtype, load_maps_weights, resolve_device
 
     torch.set_num_threads(threads)
     description = io.read_json(maps.model_json)
@@ -66,9 +69,20 @@ def _evaluate(
     data = CachedImages(frame, description["classes"])
     dtype = amp_dtype(dev, True)
     started = time.perf_counter()
-    indices, labels, probs, losses = predict(network, Batches(data, batch_size, dev), dtype)
-    values = M.compute(metric_names, labels, probs, losses)
-    details = M.details_frame(data.frame, indices, labels, probs, losses, data.classes)
+    values, details = Evaluation(
+        called=called,
+        split=split,
+        model=model,
+        data_name=data_name,
+        network=network,
+        data=data,
+        batch_size=batch_size,
+        device=dev,
+        dtype=dtype,
+        metric_names=metric_names,
+        objective=Objective.of(description),
+        callbacks=[ProgressLogger()],
+    ).run()
     computational = {
         "name_": "ComputationalConfig",
         "gpu": dev.type == "cuda",
@@ -115,19 +129,14 @@ def validate_checkpoints(
             logger.info("split-%d %s: already evaluated, kept", split, model)
             written.append(files.aggregated_tsv)
             continue
-        values, details, _ = _evaluate(maps, split, model, frame, device, batch_size, threads)
+        values, details, _ = _evaluate(
+            maps, split, model, frame, device, batch_size, threads, "validate", "validation"
+        )
         epoch = model_epoch(maps, split, model)
         details.insert(0, "epoch", epoch)
         Maps.save_file(details, files.details_tsv, overwrite=True)
         Maps.save_file(
             pd.DataFrame([{"epoch": epoch, **values}]), files.aggregated_tsv, overwrite=True
-        )
-        logger.info(
-            "split-%d %s (epoch %d): %s",
-            split,
-            model,
-            epoch,
-            " ".join(f"{k} {v:.4f}" for k, v in values.items()),
         )
         written.append(files.aggregated_tsv)
     return written
@@ -195,19 +204,12 @@ def evaluate_test_group(
     written = []
     for model in models:
         values, details, computational = _evaluate(
-            maps, split, model, frame, device, batch_size, threads
+            maps, split, model, frame, device, batch_size, threads, "test", f"group-{group}"
         )
         result = group_dir.results.splits[split].models[model]
         Maps.save_file(computational, result.computational_json, overwrite=True)
         Maps.save_file(details, result.metrics.details_tsv, overwrite=True)
         Maps.save_file(pd.DataFrame([values]), result.metrics.aggregated_tsv, overwrite=True)
-        logger.info(
-            "group-%s split-%d %s: %s",
-            group,
-            split,
-            model,
-            " ".join(f"{k} {v:.4f}" for k, v in values.items()),
-        )
         written.append(result.metrics.aggregated_tsv)
     return written
 

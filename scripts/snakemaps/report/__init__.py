@@ -444,6 +444,30 @@ def test_metrics(
 
 
 # Confusion matrix and ROC --------------------------------------------------------
+def _test_details(
+    maps: Maps, group: str, model: str, splits: Sequence[int] | None
+) -> dict[int, pd.DataFrame]:
+    """Split -> per-image test predictions of ``model`` on ``group``."""
+    group_dir = maps.test_group(group)
+    parse_model(model)
+    if splits is None:
+        splits = group_dir.results.splits.keys()
+        if not splits:
+            raise UserError(
+                f"missing {group_dir.results.path}/split-<k>: test group {group!r} has no "
+                "results; they are written by rule test."
+            )
+    return {
+        int(k): _read_tsv(
+            group_dir.results.splits[int(k)].models[model].metrics.details_tsv,
+            f"per-image test predictions of split {k}, model {model} on group {group}, "
+            "by rule test",
+            ("label", "prediction"),
+        )
+        for k in splits
+    }
+
+
 def confusion_and_roc(
     maps_dir: str | Path,
     group: str,
@@ -456,31 +480,15 @@ def confusion_and_roc(
     from sklearn.preprocessing import label_binarize
 
     maps = Maps(maps_dir)
-    group_dir = maps.test_group(group)
-    parse_model(model)
-    if splits is None:
-        splits = group_dir.results.splits.keys()
-        if not splits:
-            raise UserError(
-                f"missing {group_dir.results.path}/split-<k>: test group {group!r} has no "
-                "results; they are written by rule test."
-            )
-    splits = [int(k) for k in splits]
-    frames = {}
-    for k in splits:
-        path = group_dir.results.splits[k].models[model].metrics.details_tsv
-        frame = _read_tsv(
-            path,
-            f"per-image test predictions of split {k}, model {model} on group {group}, "
-            "by rule test",
-            ("label", "prediction"),
-        )
+    frames = _test_details(maps, group, model, splits)
+    splits = list(frames)
+    for k, frame in frames.items():
         if len(_classes(frame)) < 2:
+            path = maps.test_group(group).results.splits[k].models[model].metrics.details_tsv
             raise UserError(
                 f"{path}: needs one proba<class> column per class (at least 2), found "
                 f"{', '.join(frame.columns)}; delete it and rerun rule test."
             )
-        frames[k] = frame
     classes = _classes(frames[splits[0]])
     matrix = np.zeros((len(classes), len(classes)), dtype=int)
     for frame in frames.values():
@@ -569,6 +577,66 @@ def confusion_and_roc(
 
 
 # Environment summary ---------------------------------------------------------
+# Regression: predicted against true values ----------------------------------------
+def predictions_scatter(
+    maps_dir: str | Path,
+    group: str,
+    model: str,
+    out: str | Path,
+    splits: Sequence[int] | None = None,
+) -> Path:
+    """A regression's predictions against the true values, and the error against the truth."""
+    maps = Maps(maps_dir)
+    frames = _test_details(maps, group, model, splits)
+    fig = _new_figure(12.0, 5.6)
+    ax_pred, ax_err = fig.subplots(1, 2)
+    lows, highs, maes = [], [], []
+    for i, (k, frame) in enumerate(frames.items()):
+        truth = frame["label"].to_numpy(dtype=float)
+        predicted = frame["prediction"].to_numpy(dtype=float)
+        error = predicted - truth
+        mae = float(np.abs(error).mean())
+        maes.append(mae)
+        color = SPLIT_COLORS[i % len(SPLIT_COLORS)]
+        ax_pred.scatter(truth, predicted, s=14, alpha=0.7, color=color)
+        ax_pred.plot([], [], "o", color=color, label=f"split {k} (MAE {mae:.2f})")
+        ax_err.scatter(truth, error, s=14, alpha=0.7, color=color)
+        ax_err.plot([], [], "o", color=color, label=f"split {k} (mean error {error.mean():+.2f})")
+        lows.append(min(truth.min(), predicted.min()))
+        highs.append(max(truth.max(), predicted.max()))
+    low, high = min(lows), max(highs)
+    ax_pred.plot(
+        [low, high],
+        [low, high],
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label="prediction = truth",
+    )
+    ax_pred.set_xlabel("True value")
+    ax_pred.set_ylabel("Predicted value")
+    ax_pred.set_aspect("equal")
+    ax_pred.grid(alpha=0.3)
+    ax_pred.legend(loc="upper left", fontsize=9)
+    mean = f"MAE {np.mean(maes):.2f}" + (
+        f" ± {np.std(maes, ddof=1):.2f} over splits" if len(maes) > 1 else ""
+    )
+    ax_pred.set_title(f"Predicted against true value\n{mean}", fontsize=10)
+    ax_err.axhline(0, color="grey", linestyle="--", linewidth=1)
+    ax_err.set_xlabel("True value")
+    ax_err.set_ylabel("Prediction − truth")
+    ax_err.grid(alpha=0.3)
+    ax_err.legend(loc="upper right", fontsize=9)
+    ax_err.set_title(
+        "Error against the true value\n(a slope shows regression to the mean)", fontsize=10
+    )
+    fig.suptitle(
+        f"Test group '{group}', model {model_description(model)}\nMAPS {maps.path}",
+        fontsize=12,
+    )
+    return _save_figure(fig, out)
+
+
 def _header(text: str) -> dict[str, str]:
     found = {}
     for line in text.splitlines():

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -49,14 +50,49 @@ def check_splittable(labels: pd.Series, n_splits: int, source: str) -> None:
         )
 
 
+def check_regression_splittable(labels: pd.Series, n_splits: int, source: str) -> None:
+    from ..data.table import numeric_labels
+
+    values = numeric_labels(labels, source)
+    needed = 2 * max(n_splits, 2)
+    if len(values) < needed:
+        raise UserError(
+            f"split.n_splits = {n_splits} needs at least {needed} participants for a regression, "
+            f"but {source} has {len(values)}; lower split.n_splits or add participants"
+        )
+    if values.std() == 0:
+        raise UserError(
+            f"{source}: every label is {values[0]:g}; a regression needs varied targets"
+        )
+
+
+def strata(labels: pd.Series, task: str, n_groups: int) -> pd.Series:
+    """What splits are stratified on: the class, or quantile bins of a numeric target.
+
+    ``n_groups`` is the size of the smallest side a split makes (folds, or the
+    validation set of a single split); each bin needs about that many members.
+    """
+    if task == "classification":
+        return labels
+    values = pd.to_numeric(labels)
+    bins = max(1, min(5, len(values) // max(n_groups, 2), n_groups))
+    return pd.Series(pd.qcut(values.rank(method="first"), q=bins, labels=False), index=labels.index)
+
+
 def assign_splits(
-    frame: pd.DataFrame, n_splits: int, seed: int, validation_fraction: float = 0.2
+    frame: pd.DataFrame,
+    n_splits: int,
+    seed: int,
+    validation_fraction: float = 0.2,
+    task: str = "classification",
 ) -> list[tuple[list[str], list[str]]]:
     """(train participants, validation participants) for each split."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedShuffleSplit
 
     labels = participant_labels(frame)
     if n_splits == 1:
+        n_validation = math.ceil(len(labels) * validation_fraction)
+        labels = strata(labels, task, min(n_validation, len(labels) - n_validation))
         splitter = StratifiedShuffleSplit(
             n_splits=1, test_size=validation_fraction, random_state=seed
         )
@@ -65,6 +101,7 @@ def assign_splits(
     else:
         # Group-aware, on one row per participant: every session of a participant
         # lands in one fold, and classes are balanced over participants.
+        labels = strata(labels, task, n_splits)
         ids = labels.index.to_numpy()
         splitter = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         folds = [(ids[tr], ids[va]) for tr, va in splitter.split(ids, labels.to_numpy(), ids)]
@@ -144,15 +181,21 @@ def make_splits(
     batch_size: int,
     num_workers: int,
     positive_class: str | None = None,
+    task: str = "classification",
 ) -> Path:
     """Split the prepared table and write ``training/data/`` of the MAPS."""
     from ..data.prepare import read_manifest
+    from ..data.table import numeric_labels
 
     maps = Maps(maps_dir)
     frame = read_manifest(manifest)
     labels = participant_labels(frame)
-    check_splittable(labels, n_splits, str(manifest))
-    classes = order_classes(sorted(labels.unique()), positive_class)
+    classes: list[str] | None = None
+    if task == "regression":
+        check_regression_splittable(labels, n_splits, str(manifest))
+    else:
+        check_splittable(labels, n_splits, str(manifest))
+        classes = order_classes(sorted(labels.unique()), positive_class)
     train_ids = set(frame["participant_id"])
     tests = {name: read_manifest(path) for name, path in test_manifests.items()}
     check_leakage(
@@ -160,6 +203,9 @@ def make_splits(
         | {f"test group {name!r}": set(t["participant_id"]) for name, t in tests.items()}
     )
     for name, test in tests.items():
+        if classes is None:
+            numeric_labels(test["label"], f"test group {name!r}")
+            continue
         unknown = sorted(set(test["label"]) - set(classes))
         if unknown:
             raise UserError(
@@ -167,7 +213,7 @@ def make_splits(
                 f"(classes {classes})"
             )
 
-    folds = assign_splits(frame, n_splits, seed, validation_fraction)
+    folds = assign_splits(frame, n_splits, seed, validation_fraction, task)
     data = maps.training.data
     splits: dict[str, dict[str, list[str]]] = {}
     for k, (train, validation) in enumerate(folds):
@@ -208,6 +254,7 @@ def make_splits(
         "seed": seed,
         "validation_fraction": validation_fraction if n_splits == 1 else None,
         "longitudinal": longitudinal,
+        "task": task,
         "classes": classes,
         "cache_manifest": str(Path(manifest).resolve()),
         "test_groups": {name: sorted(set(t["participant_id"])) for name, t in tests.items()},

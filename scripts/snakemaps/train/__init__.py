@@ -66,7 +66,14 @@ def train_split(
         ProgressLogger,
         ResumeCheckpoint,
     )
-    from .trainer import Settings, Trainer, fingerprint, resolve_device, seed_everything
+    from .trainer import (
+        Objective,
+        Settings,
+        Trainer,
+        fingerprint,
+        resolve_device,
+        seed_everything,
+    )
 
     maps = Maps(maps_dir)
     split_dir = maps.split(split)
@@ -140,6 +147,7 @@ def train_split(
         metric_names=train["metrics"],
         callbacks=callbacks,
         fingerprint=fingerprint(semantic, model["network"], manifest["hash"], split),
+        objective=Objective.of(model),
     )
     Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
     maps.record_run(

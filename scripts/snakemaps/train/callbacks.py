@@ -8,10 +8,11 @@ Events (in the order the trainer emits them): ``on_train_start`` or
 per validation batch ``on_batch_start``, ``on_evaluation_step_start``,
 ``on_metrics_computation_start``, ``on_metrics_computation_end``,
 ``on_batch_end``; ``on_validation_end``; ``on_epoch_end``; finally
-``on_train_end``. ``on_validate_start/end`` and ``on_test_start/end`` are
-declared for standalone evaluations but not emitted yet (the validate and test
-steps do not run callbacks), ``on_exception`` any uncaught error, and
-``on_checkpoint`` each resume checkpoint written.
+``on_train_end``. The validate and test steps evaluate saved models with
+``Evaluation``, which emits ``on_validate_start`` (``on_test_start``), the
+per-batch evaluation events above, then ``on_validate_end`` (``on_test_end``).
+``on_exception`` follows any uncaught error, and ``on_checkpoint`` each resume
+checkpoint written.
 
 Every callback has ``state_dict`` / ``load_state_dict``; the trainer saves
 them in each resume checkpoint (``tmp/epoch-<e>/callbacks/<Name>.json``).
@@ -384,6 +385,25 @@ class ProgressLogger(Callback):
             shown,
             time.perf_counter() - self.epoch_started,
         )
+
+    def on_validate_start(self, trainer: Trainer, **_: Any) -> None:
+        self.started = time.perf_counter()
+
+    on_test_start = on_validate_start
+
+    def on_validate_end(self, trainer: Trainer, metrics: dict[str, float], **_: Any) -> None:
+        """A standalone evaluation's line: split, model, data, metrics and time."""
+        logger.info(
+            "split-%d %s on %s (%d images): %s | %.1f s",
+            trainer.state.split_idx,
+            trainer.model,
+            trainer.data_name,
+            len(trainer.data),
+            " ".join(f"{k} {v:.4f}" for k, v in metrics.items()),
+            time.perf_counter() - self.started,
+        )
+
+    on_test_end = on_validate_end
 
     def on_train_end(self, trainer: Trainer, **_: Any) -> None:
         checkpoint = next(c for c in trainer.callbacks if isinstance(c, ModelCheckpoint))

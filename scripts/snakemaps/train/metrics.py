@@ -1,4 +1,4 @@
-"""Classification metrics (scikit-learn) with MAPS-safe names and directions."""
+"""Metrics (scikit-learn) with MAPS-safe names, directions and tasks."""
 
 from __future__ import annotations
 
@@ -12,25 +12,46 @@ from sklearn import metrics as skm
 from ..errors import UserError
 from ..maps.names import validate_metric_name
 
-# name -> (higher is better, description for metrics.json)
-METRICS: dict[str, tuple[bool, str]] = {
-    "loss": (False, "mean cross-entropy"),
-    "Accuracy": (True, "sklearn.metrics.accuracy_score"),
-    "BalancedAccuracy": (True, "sklearn.metrics.balanced_accuracy_score"),
-    "Sensitivity": (True, "recall of the positive class (macro over classes if more than 2)"),
-    "Specificity": (True, "recall of the negative class (macro over classes if more than 2)"),
-    "RocAuc": (True, "sklearn.metrics.roc_auc_score (one-vs-rest if more than 2 classes)"),
-    "F1": (True, "sklearn.metrics.f1_score (macro if more than 2 classes)"),
-    "MSE": (False, "mean squared error of the predicted class index"),
-    "MAE": (False, "mean absolute error of the predicted class index"),
+C, R = "classification", "regression"
+# name -> (higher is better, description for metrics.json, tasks it applies to)
+METRICS: dict[str, tuple[bool, str, tuple[str, ...]]] = {
+    "loss": (
+        False,
+        (
+            "mean cross-entropy (classification) or mean squared error on the standardized "
+            "target (regression)"
+        ),
+        (C, R),
+    ),
+    "Accuracy": (True, "sklearn.metrics.accuracy_score", (C,)),
+    "BalancedAccuracy": (True, "sklearn.metrics.balanced_accuracy_score", (C,)),
+    "Sensitivity": (
+        True,
+        "recall of the positive class (macro over classes if more than 2)",
+        (C,),
+    ),
+    "Specificity": (
+        True,
+        "recall of the negative class (macro over classes if more than 2)",
+        (C,),
+    ),
+    "RocAuc": (True, "sklearn.metrics.roc_auc_score (one-vs-rest if more than 2 classes)", (C,)),
+    "F1": (True, "sklearn.metrics.f1_score (macro if more than 2 classes)", (C,)),
+    "MSE": (False, "sklearn.metrics.mean_squared_error, in the label's units squared", (R,)),
+    "MAE": (False, "sklearn.metrics.mean_absolute_error, in the label's units", (R,)),
+    "R2": (True, "sklearn.metrics.r2_score (coefficient of determination)", (R,)),
 }
 
 
-def check_metric_names(names: Sequence[str], key: str) -> list[str]:
+def check_metric_names(names: Sequence[str], key: str, task: str = C) -> list[str]:
+    usable = [name for name, (_, _, tasks) in METRICS.items() if task in tasks]
     for name in names:
         validate_metric_name(name, where=key)
-        if name not in METRICS:
-            raise UserError(f"{key}: unknown metric {name!r}; choose among {', '.join(METRICS)}")
+        if name not in usable:
+            raise UserError(
+                f"{key}: {name!r} is not a {task} metric; choose among {', '.join(usable)}"
+                + (" (or set data.task)" if name in METRICS else "")
+            )
     return list(names)
 
 
@@ -54,9 +75,16 @@ def metrics_json(names: Sequence[str]) -> dict:
 
 
 def compute(
-    names: Sequence[str], labels: np.ndarray, probs: np.ndarray, losses: np.ndarray
+    names: Sequence[str], labels: np.ndarray, outputs: np.ndarray, losses: np.ndarray
 ) -> dict[str, float]:
-    """Every requested metric from labels, class probabilities and per-image losses."""
+    """Every requested metric from labels, outputs and per-image losses.
+
+    ``outputs`` are class probabilities (n, classes) for classification, or
+    predictions (n,) for regression.
+    """
+    if outputs.ndim == 1:
+        return _regression(names, labels, outputs, losses)
+    probs = outputs
     predictions = probs.argmax(axis=1)
     n_classes = probs.shape[1]
     binary = n_classes == 2
@@ -88,14 +116,25 @@ def compute(
                 value = skm.f1_score(
                     labels, predictions, average="binary" if binary else "macro", zero_division=0
                 )
-            elif name == "MSE":
-                value = skm.mean_squared_error(labels, predictions)
-            elif name == "MAE":
-                value = skm.mean_absolute_error(labels, predictions)
             else:
-                raise KeyError(name)
+                raise KeyError(f"{name} is not a classification metric")
             out[name] = float(value)
     return out
+
+
+def _regression(
+    names: Sequence[str], labels: np.ndarray, predictions: np.ndarray, losses: np.ndarray
+) -> dict[str, float]:
+    functions = {
+        "loss": lambda: losses.mean(),
+        "MSE": lambda: skm.mean_squared_error(labels, predictions),
+        "MAE": lambda: skm.mean_absolute_error(labels, predictions),
+        "R2": lambda: skm.r2_score(labels, predictions) if len(labels) > 1 else float("nan"),
+    }
+    unknown = [name for name in names if name not in functions]
+    if unknown:
+        raise KeyError(f"{unknown} are not regression metrics")
+    return {name: float(functions[name]()) for name in names}
 
 
 def _specificity(labels: np.ndarray, predictions: np.ndarray, n_classes: int) -> float:
@@ -119,21 +158,23 @@ def details_frame(
     frame: pd.DataFrame,
     indices: np.ndarray,
     labels: np.ndarray,
-    probs: np.ndarray,
+    outputs: np.ndarray,
     losses: np.ndarray,
-    classes: Sequence[str],
+    classes: Sequence[str] | None,
 ) -> pd.DataFrame:
-    """Per-image predictions: participant_id, session_id, label, prediction, loss, proba_<c>."""
+    """Per-image predictions: participant_id, session_id, label, prediction, loss (+ proba<c>)."""
     rows = frame.iloc[indices]
+    regression = outputs.ndim == 1
     details = pd.DataFrame(
         {
             "participant_id": rows["participant_id"].to_numpy(),
             "session_id": rows["session_id"].to_numpy(),
-            "label": [classes[i] for i in labels],
-            "prediction": [classes[i] for i in probs.argmax(axis=1)],
+            "label": labels if regression else [classes[i] for i in labels],
+            "prediction": outputs if regression else [classes[i] for i in outputs.argmax(axis=1)],
             "loss": losses,
         }
     )
-    for i, name in enumerate(classes):
-        details[f"proba{name}"] = probs[:, i]
+    if not regression:
+        for i, name in enumerate(classes):
+            details[f"proba{name}"] = outputs[:, i]
     return details

@@ -220,26 +220,147 @@ def recalibrate_batchnorm(
     network.train()
 
 
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """What the network's output means: class logits, or a standardized regression target.
+
+    ``target`` (regression only) holds the training labels' mean and standard
+    deviation: the loss is the squared error on the standardized target, and
+    predictions are given back in the label's units.
+    """
+
+    target: dict[str, float] | None = None
+
+    @classmethod
+    def of(cls, model: dict[str, Any]) -> Objective:
+        """The objective of a MAPS's ``model.json``."""
+        return cls(model["target"] if model.get("task") == "regression" else None)
+
+    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
+        output = output.float()
+        if self.target is None:
+            return nn.functional.cross_entropy(output, labels, reduction=reduction)
+        scaled = (labels - self.target["mean"]) / self.target["std"]
+        return nn.functional.mse_loss(output[:, 0], scaled, reduction=reduction)
+
+    def outputs(self, output: torch.Tensor) -> np.ndarray:
+        """Class probabilities (n, classes), or predictions in the label's units (n,)."""
+        output = output.float()
+        if self.target is None:
+            return torch.softmax(output, dim=1).cpu().numpy()
+        return (output[:, 0] * self.target["std"] + self.target["mean"]).cpu().numpy()
+
+
 def predict(
-    network: nn.Module, batches: Batches, dtype: torch.dtype | None, on_batch: Any = None
+    network: nn.Module,
+    batches: Batches,
+    dtype: torch.dtype | None,
+    on_batch: Any = None,
+    objective: Objective = Objective(),
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Evaluate in data order: (indices, labels, class probabilities, per-image losses)."""
+    """Evaluate in data order: (indices, labels, outputs, per-image losses).
+
+    Outputs are class probabilities, or predictions for a regression.
+    """
     network.eval()
     all_idx, all_y, all_p, all_l = [], [], [], []
     plan = batches.plan(range(len(batches.dataset)))
     with torch.inference_mode():
         for images, labels, indices in batches.iterate(plan):
+            if on_batch:
+                on_batch("start", images, None)
             with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
-                logits = network(images)
-            logits = logits.float()
-            losses = nn.functional.cross_entropy(logits, labels, reduction="none")
+                output = network(images)
+            if on_batch:
+                on_batch("output", images, output)
             all_idx.append(np.asarray(indices))
             all_y.append(labels.cpu().numpy())
-            all_p.append(torch.softmax(logits, dim=1).cpu().numpy())
-            all_l.append(losses.cpu().numpy())
+            all_p.append(objective.outputs(output))
+            all_l.append(objective.loss(output, labels, reduction="none").cpu().numpy())
             if on_batch:
-                on_batch(images, logits)
+                on_batch("end", images, output)
     return tuple(np.concatenate(a) for a in (all_idx, all_y, all_p, all_l))
+
+
+class EvaluationEvents:
+    """The per-batch events of an evaluation, emitted by ``predict`` through ``on_batch``."""
+
+    def __init__(self, owner: Any, metric_names: Sequence[str]) -> None:
+        self.owner, self.metric_names = owner, list(metric_names)
+
+    def __call__(self, when: str, images: torch.Tensor, output: torch.Tensor | None) -> None:
+        emit, state = self.owner.emit, self.owner.state
+        if when == "start":
+            state.current_val_batch += 1
+            emit("on_batch_start", batch=images)
+            emit("on_evaluation_step_start", batch=images)
+        elif when == "output":
+            emit("on_metrics_computation_start", output=output, metrics=self.metric_names)
+        else:
+            emit("on_metrics_computation_end", detailed_metrics_df=None)
+            emit("on_batch_end")
+
+
+class Evaluation:
+    """A standalone evaluation of a saved model: the validate and test steps.
+
+    Emits ``on_validate_start`` (``on_test_start`` for a test group), the
+    per-batch evaluation events, then ``on_validate_end`` (``on_test_end``)
+    with the metrics; ``on_exception`` on any error. Callbacks get this
+    object where training passes the trainer: ``state.called`` is
+    ``"validate"`` or ``"test"``, ``model`` the evaluated model's name and
+    ``data_name`` the data's ("validation", "group-<name>").
+    """
+
+    def __init__(
+        self,
+        *,
+        called: str,
+        split: int,
+        model: str,
+        data_name: str,
+        network: nn.Module,
+        data: Any,
+        batch_size: int,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        metric_names: Sequence[str],
+        objective: Objective,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.called, self.model, self.network, self.data = called, model, network, data
+        self.data_name = data_name
+        self.device, self.dtype, self.objective = device, dtype, objective
+        self.metric_names, self.callbacks = list(metric_names), list(callbacks)
+        self.batches = Batches(data, batch_size, device)
+        self.state = TrainerState(
+            called=called, stage=called, split_idx=split, num_val_batches=len(self.batches)
+        )
+
+    def emit(self, event: str, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, **kwargs)
+
+    def run(self) -> tuple[dict[str, float], pd.DataFrame]:
+        """The metrics and the per-image details of the model on the data."""
+        try:
+            self.emit(f"on_{self.called}_start")
+            indices, labels, outputs, losses = predict(
+                self.network,
+                self.batches,
+                self.dtype,
+                EvaluationEvents(self, self.metric_names),
+                self.objective,
+            )
+            values = M.compute(self.metric_names, labels, outputs, losses)
+            details = M.details_frame(
+                self.data.frame, indices, labels, outputs, losses, self.data.classes
+            )
+            self.emit(f"on_{self.called}_end", metrics=values)
+        except BaseException as error:
+            self.emit("on_exception", exception=error)
+            raise
+        return values, details
 
 
 class Trainer:
@@ -259,8 +380,10 @@ class Trainer:
         metric_names: Sequence[str],
         callbacks: Sequence[Callback],
         fingerprint: str,
+        objective: Objective = Objective(),
     ) -> None:
         self.maps, self.split_dir = maps, maps.split(split)
+        self.objective = objective
         self.settings, self.device = settings, settings.device
         self.network, self.optimizer, self.optimizer_name = network, optimizer, optimizer_name
         self.metric_names, self.callbacks, self.fingerprint = (
@@ -499,8 +622,7 @@ class Trainer:
                 self.timed("forward"),
                 torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None),
             ):
-                logits = self.network(images)
-                loss = nn.functional.cross_entropy(logits.float(), labels)
+                loss = self.objective.loss(self.network(images), labels)
             self.emit("on_backward_step_start", loss=loss, grad_scaler=self.scaler)
             with self.timed("backward"):
                 self.scaler.scale(loss / settings.accumulation_steps).backward()
@@ -573,27 +695,22 @@ class Trainer:
         state.current_val_batch = 0
         self.emit("on_validation_start")
         start = time.perf_counter()
-
-        def on_batch(images: torch.Tensor, logits: torch.Tensor) -> None:
-            state.current_val_batch += 1
-            self.emit("on_batch_start", batch=images)
-            self.emit("on_evaluation_step_start", batch=images)
-            self.emit("on_metrics_computation_start", output=logits, metrics=self.metric_names)
-            self.emit("on_metrics_computation_end", detailed_metrics_df=None)
-            self.emit("on_batch_end")
-
         with self.timed("bn_recalibration"):
             recalibrate_batchnorm(
                 self.network, self.train_batches, self.settings.bn_recalibration_batches, self.dtype
             )
         with self.timed("evaluation"):
-            indices, labels, probs, losses = predict(
-                self.network, self.val_batches, self.dtype, on_batch
+            indices, labels, outputs, losses = predict(
+                self.network,
+                self.val_batches,
+                self.dtype,
+                EvaluationEvents(self, self.metric_names),
+                self.objective,
             )
         with self.timed("metric"):
-            values = M.compute(self.metric_names, labels, probs, losses)
+            values = M.compute(self.metric_names, labels, outputs, losses)
             details = M.details_frame(
-                self.val_data.frame, indices, labels, probs, losses, self.val_data.classes
+                self.val_data.frame, indices, labels, outputs, losses, self.val_data.classes
             )
         details.insert(0, "epoch", state.current_epoch)
         self.val_log.append({"epoch": state.current_epoch, **values})
