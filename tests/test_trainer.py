@@ -129,6 +129,7 @@ def test_resume_and_exception_events(tmp_path):
     trainer = make_trainer(tmp_path, [], epochs=2)
     trainer.state.current_epoch = 1
     trainer.write_checkpoint()
+    trainer.finish_checkpoint()
     recorder = Recorder()
     resumed = make_trainer(tmp_path, [recorder], epochs=2)
     resumed.fit()
@@ -155,6 +156,7 @@ def test_resume_checkpoint_from_another_configuration_is_refused(tmp_path):
     trainer = make_trainer(tmp_path, [], epochs=2, fingerprint="config-A")
     trainer.state.current_epoch = 1
     trainer.write_checkpoint()
+    trainer.finish_checkpoint()
     with pytest.raises(UserError, match="another configuration or split manifest"):
         make_trainer(tmp_path, [], epochs=2, fingerprint="config-B").fit()
 

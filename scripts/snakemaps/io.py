@@ -68,12 +68,28 @@ def atomic_write(path: str | Path, writer: Callable[[IO[bytes]], None], fsync: b
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
+def atomic_write_bytes(path: str | Path, data: bytes, fsync: bool = True) -> Path:
+    return atomic_write(path, lambda handle: handle.write(data), fsync=fsync)
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | Path, text: str, fsync: bool = True) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    """Write and fsync a new file inside a directory that is published by a rename."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def json_text(obj: Any) -> str:

@@ -93,7 +93,12 @@ for _event in EVENTS:
 
 
 class TableLog:
-    """A TSV log kept in memory and rewritten atomically at each flush."""
+    """A TSV log kept in memory and rewritten atomically at each flush.
+
+    Flushes are atomic (temp file + rename) but not fsynced: each resume
+    checkpoint hard-links the log as it stands and fsyncs that snapshot, and
+    the end of training flushes with ``durable=True``.
+    """
 
     def __init__(self, path: Path, columns: list[str]) -> None:
         self.path, self.columns, self.rows = path, columns, []
@@ -101,19 +106,24 @@ class TableLog:
     def append(self, row: dict[str, Any]) -> None:
         self.rows.append(row)
 
-    def flush(self) -> None:
+    def flush(self, durable: bool = False) -> None:
         frame = pd.DataFrame(self.rows, columns=self.columns if not self.rows else None)
-        Maps.save_file(frame, self.path, overwrite=True)
+        io.atomic_write_text(self.path, io.tsv_text(frame), fsync=durable)
 
-    def reload(self, keep) -> int:
-        """Load the rows on disk that ``keep(row)`` accepts (resume); return rows dropped."""
-        if not self.path.exists():
+    def reload(self, keep, snapshot: Path | None = None) -> int:
+        """Load the rows that ``keep(row)`` accepts (resume); return rows dropped.
+
+        ``snapshot`` is the checkpoint's copy of the log; the log itself is
+        read where the checkpoint has none.
+        """
+        source = snapshot if snapshot is not None and snapshot.exists() else self.path
+        if not source.exists():
             self.rows = []
             return 0
-        frame = io.read_tsv(self.path)
-        rows = frame.to_dict("records")
+        rows = io.read_tsv(source).to_dict("records")
         self.rows = [r for r in rows if keep(r)]
-        return len(rows) - len(self.rows)
+        on_disk = len(io.read_tsv(self.path)) if self.path.exists() else len(rows)
+        return max(on_disk - len(self.rows), 0)
 
 
 class ModelCheckpoint(Callback):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io as io_module
 import json
 import logging
 import math
@@ -20,6 +21,7 @@ import os
 import random
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -417,6 +419,7 @@ class Trainer:
         self.epoch_order: list[int] = []
         self.last_batch_size = 0
         self.interrupt: int | None = None
+        self._publishing: _Publisher | None = None
         self.monitor = next(
             (c for c in self.callbacks if isinstance(c, ComputationalMonitor)), None
         )
@@ -451,50 +454,92 @@ class Trainer:
     def save_model(self, path: Path) -> None:
         Maps.save_file(state_dict_for_maps(self.network), path, overwrite=True)
 
+    def logs(self) -> list[TableLog]:
+        """Every log of the run, the callbacks' included."""
+        logs = [self.loss_log, self.val_log, self.details_log]
+        return logs + [
+            c.log for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)
+        ]
+
     def write_checkpoint(self) -> TmpEpoch:
-        """Write tmp/epoch-<e>/ atomically (a directory rename) and drop older ones."""
+        """Take a resume checkpoint; it is published as tmp/epoch-<e>/ by a background thread.
+
+        Everything is serialized here, in the training thread (the weights and
+        optimizer state keep changing after this returns); the logs as they
+        stand are hard-linked into the checkpoint. The thread then writes and
+        fsyncs the files and publishes the directory with one rename, while the
+        next epoch trains. ``finish_checkpoint`` waits for it.
+        """
+        self.finish_checkpoint()
         start = time.perf_counter()
         tmp = self.split_dir.tmp
-        target = tmp.epochs[self.state.current_epoch]
-        partial = TmpEpoch(tmp.path / f".epoch-{self.state.current_epoch}.partial")
+        epoch = self.state.current_epoch
+        partial = TmpEpoch(tmp.path / f".epoch-{epoch}.partial")
         shutil.rmtree(partial.path, ignore_errors=True)
         partial.callbacks.mkdir(parents=True)
-        io.torch_save(partial.model_pt, state_dict_for_maps(self.network))
-        io.torch_save(partial.optimizer_pt, {self.optimizer_name: self.optimizer.state_dict()})
-        io.torch_save(partial.scaler_pt, self.scaler.state_dict())
-        io.torch_save(
-            partial.path / "rng.pt",
-            {
-                "rng": rng_state(),
-                "generator": self.generator.get_state(),
-                "epoch_order": torch.tensor(self.epoch_order, dtype=torch.long),
-            },
-        )
+        blobs: dict[Path, bytes] = {
+            partial.model_pt: _torch_bytes(state_dict_for_maps(self.network)),
+            partial.optimizer_pt: _torch_bytes({self.optimizer_name: self.optimizer.state_dict()}),
+            partial.scaler_pt: _torch_bytes(self.scaler.state_dict()),
+            partial.path / "rng.pt": _torch_bytes(
+                {
+                    "rng": rng_state(),
+                    "generator": self.generator.get_state(),
+                    "epoch_order": torch.tensor(self.epoch_order, dtype=torch.long),
+                }
+            ),
+            partial.state_json: io.json_text(
+                {**dataclasses.asdict(self.state), "fingerprint": self.fingerprint}
+            ).encode(),
+        }
         for callback in self.callbacks:
-            io.write_json(partial.callbacks / f"{callback.name}.json", callback.state_dict())
+            blobs[partial.callbacks / f"{callback.name}.json"] = io.json_text(
+                callback.state_dict()
+            ).encode()
             callback.save_files(partial.callbacks / callback.name, self)
         if self.val_log.rows:
             last = self.val_log.rows[-1]["epoch"]
-            Maps.save_file(
-                pd.DataFrame([r for r in self.val_log.rows if r["epoch"] == last]),
-                partial.validation_metrics.aggregated_tsv,
-                overwrite=True,
-            )
-        io.write_json(
-            partial.state_json, {**dataclasses.asdict(self.state), "fingerprint": self.fingerprint}
-        )
-        old = tmp.path / f".epoch-{self.state.current_epoch}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if target.path.exists():
-            os.replace(target.path, old)
-        os.replace(partial.path, target.path)
-        io._fsync_dir(tmp.path)
-        for epoch in tmp.epochs_list:
-            if epoch != self.state.current_epoch:
-                shutil.rmtree(tmp.epochs[epoch].path, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+            rows = pd.DataFrame([r for r in self.val_log.rows if r["epoch"] == last])
+            blobs[partial.validation_metrics.aggregated_tsv] = io.tsv_text(rows).encode()
+        linked = [
+            io.replace_link(log.path, self._log_snapshot(partial, log))
+            for log in self.logs()
+            if log.path.exists()
+        ]
+        target = tmp.epochs[epoch]
+
+        def publish() -> None:
+            for path, data in blobs.items():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                io.write_durable(path, data)
+            for path in linked:
+                io.fsync_file(path)
+            for directory in {p.parent for p in [*blobs, *linked]}:
+                io._fsync_dir(directory)
+            old = tmp.path / f".epoch-{epoch}.old"
+            shutil.rmtree(old, ignore_errors=True)
+            if target.path.exists():
+                os.replace(target.path, old)
+            os.replace(partial.path, target.path)
+            io._fsync_dir(tmp.path)
+            for other in tmp.epochs_list:
+                if other != epoch:
+                    shutil.rmtree(tmp.epochs[other].path, ignore_errors=True)
+            shutil.rmtree(old, ignore_errors=True)
+
+        self._publishing = _Publisher(publish, target)
         self.emit("on_checkpoint", checkpoint=target.path, seconds=time.perf_counter() - start)
         return target
+
+    def finish_checkpoint(self, raise_error: bool = True) -> None:
+        """Wait until the last checkpoint is published; re-raise what went wrong there."""
+        publishing, self._publishing = self._publishing, None
+        if publishing is not None:
+            publishing.wait(raise_error)
+
+    def _log_snapshot(self, checkpoint: TmpEpoch, log: TableLog) -> Path:
+        """Where a checkpoint keeps its copy of ``log``: logs/<path in the split>."""
+        return checkpoint.path / "logs" / log.path.relative_to(self.split_dir.path)
 
     def latest_checkpoint(self) -> TmpEpoch | None:
         tmp = self.split_dir.tmp
@@ -536,7 +581,9 @@ class Trainer:
             (c.log, c.rows) for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)
         ]
         keep = {"train": self.keep_train_row, "epoch": self.keep_epoch_row}
-        dropped = sum(log.reload(keep[kind]) for log, kind in logs)
+        dropped = sum(
+            log.reload(keep[kind], self._log_snapshot(checkpoint, log)) for log, kind in logs
+        )
         logger.info(
             "split-%d: resumed at epoch %d (batch %d of the next); trimmed %d log row(s) written "
             "after the checkpoint",
@@ -546,12 +593,10 @@ class Trainer:
             dropped,
         )
 
-    def flush_logs(self) -> None:
+    def flush_logs(self, durable: bool = False) -> None:
         """Write every log, the callbacks' included, as it stands."""
-        logs = [self.loss_log, self.val_log, self.details_log]
-        logs += [c.log for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)]
-        for log in logs:
-            log.flush()
+        for log in self.logs():
+            log.flush(durable)
 
     # Signals -----------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: Any) -> None:
@@ -583,9 +628,12 @@ class Trainer:
                     self.state.current_epoch < self.state.num_epochs and not self.state.should_stop
                 ):
                     self.train_epoch()
+                self.finish_checkpoint()
                 self.state.stage = "end"
                 self.emit("on_train_end")
+                self.flush_logs(durable=True)
         except BaseException as error:
+            self.finish_checkpoint(raise_error=False)
             self.emit("on_exception", exception=error)
             raise
 
@@ -672,6 +720,7 @@ class Trainer:
             if self.interrupt is not None:
                 self.flush_logs()
                 checkpoint = self.write_checkpoint()
+                self.finish_checkpoint()
                 raise TrainingInterrupted(
                     f"stopped by signal {self.interrupt}; checkpoint {checkpoint.path} written. "
                     "Rerun the same snakemake command to resume."
@@ -720,6 +769,36 @@ class Trainer:
         self.emit("on_validation_end", metrics=values)
         self.network.train()
         return values
+
+
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io_module.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+class _Publisher:
+    """Runs ``publish`` in a thread; ``wait`` joins it and re-raises its error."""
+
+    def __init__(self, publish: Any, target: TmpEpoch) -> None:
+        self.error: BaseException | None = None
+        self.target = target
+
+        def run() -> None:
+            try:
+                publish()
+            except Exception as error:  # noqa: BLE001 - re-raised in the training thread
+                self.error = error
+
+        self.thread = threading.Thread(target=run, name=f"checkpoint {target.path.name}")
+        self.thread.start()
+
+    def wait(self, raise_error: bool = True) -> None:
+        self.thread.join()
+        if self.error is not None and raise_error:
+            raise OSError(
+                f"writing the resume checkpoint {self.target.path} failed: {self.error}"
+            ) from self.error
 
 
 def fingerprint(*parts: Any) -> str:
