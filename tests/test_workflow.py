@@ -62,6 +62,31 @@ def test_best_model_validation_matches_training_log(demo):
     assert best["loss"].iloc[0] == pytest.approx(row["loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize("model", ["best-loss", "best-BalancedAccuracy", "final", "epoch-2"])
+def test_saved_models_predict_what_training_validated(demo, model):
+    """The validate step reuses training's validation rows: a fresh evaluation must agree."""
+    from snakemaps.evaluate import _evaluate
+    from snakemaps.split import split_frame
+
+    workdir, _ = demo
+    maps_dir = workdir / "results" / "maps"
+    maps = Maps(maps_dir)
+    values, details, _ = _evaluate(
+        maps, 1, model, split_frame(maps_dir, 1, "validation"), "cpu", 4, 1, "validate", "v"
+    )
+    files = maps.split(1).models.get(model).validation_metrics
+    recorded = pd.read_csv(files.aggregated_tsv, sep="\t").iloc[0]
+    for metric, value in values.items():
+        assert value == pytest.approx(recorded[metric], rel=1e-5, abs=1e-6), metric
+    written = pd.read_csv(files.details_tsv, sep="\t")
+    assert list(written["participant_id"]) == list(details["participant_id"])
+    assert list(written["prediction"]) == list(details["prediction"])
+    probabilities = [c for c in details.columns if c.startswith("proba")]
+    assert written[probabilities].to_numpy() == pytest.approx(
+        details[probabilities].to_numpy(), abs=1e-6
+    )
+
+
 def test_split_manifest_has_no_leakage(demo):
     workdir, _ = demo
     manifest = Maps(workdir / "results" / "maps").open_file(

@@ -121,25 +121,62 @@ def validate_checkpoints(
     for model in models:
         target = maps.split(split).models.get(model)
         files = target.validation_metrics
-        if (
-            files.aggregated_tsv.exists()
-            and files.details_tsv.exists()
-            and files.aggregated_tsv.stat().st_mtime >= target.model_pt.stat().st_mtime
-        ):
+        epoch = model_epoch(maps, split, model)
+        if _evaluated(files, target.model_pt, epoch):
             logger.info("split-%d %s: already evaluated, kept", split, model)
             written.append(files.aggregated_tsv)
             continue
-        values, details, _ = _evaluate(
-            maps, split, model, frame, device, batch_size, threads, "validate", "validation"
-        )
-        epoch = model_epoch(maps, split, model)
-        details.insert(0, "epoch", epoch)
+        found = _training_validation(maps, split, epoch)
+        if found is not None:
+            aggregated, details = found
+            logger.info(
+                "split-%d %s: the validation training ran at epoch %d with these same weights",
+                split,
+                model,
+                epoch,
+            )
+        else:
+            values, details, _ = _evaluate(
+                maps, split, model, frame, device, batch_size, threads, "validate", "validation"
+            )
+            details.insert(0, "epoch", epoch)
+            aggregated = pd.DataFrame([{"epoch": epoch, **values}])
         Maps.save_file(details, files.details_tsv, overwrite=True)
-        Maps.save_file(
-            pd.DataFrame([{"epoch": epoch, **values}]), files.aggregated_tsv, overwrite=True
-        )
+        Maps.save_file(aggregated, files.aggregated_tsv, overwrite=True)
         written.append(files.aggregated_tsv)
     return written
+
+
+def _evaluated(files: Any, model_pt: Path, epoch: int) -> bool:
+    """Whether a model's validation files exist, are newer than it and are of its epoch."""
+    if not (files.aggregated_tsv.exists() and files.details_tsv.exists()):
+        return False
+    if files.aggregated_tsv.stat().st_mtime < model_pt.stat().st_mtime:
+        return False
+    recorded = io.read_tsv(files.aggregated_tsv)
+    return list(recorded["epoch"]) == [epoch]
+
+
+def _training_validation(
+    maps: Maps, split: int, epoch: int
+) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """The rows training logged when it validated at ``epoch``, if it did.
+
+    A saved model (best-<metric>, epoch-<e>, final) is written after that
+    epoch's validation without further weight updates, so its metrics and
+    per-image predictions are exactly those rows: no need to start torch
+    and predict again.
+    """
+    logs = maps.split(split).validation_metrics
+    if not (logs.aggregated_tsv.exists() and logs.details_tsv.exists()):
+        return None
+    aggregated = io.read_tsv(logs.aggregated_tsv)
+    aggregated = aggregated[aggregated["epoch"] == epoch]
+    details = io.read_tsv(logs.details_tsv)
+    details = details[details["epoch"] == epoch]
+    if len(aggregated) != 1 or details.empty:
+        return None
+    return aggregated.reset_index(drop=True), details.reset_index(drop=True)
 
 
 def register_test_group(

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn import metrics as skm
 
 from ..errors import UserError
 from ..maps.names import validate_metric_name
@@ -82,6 +81,8 @@ def compute(
     ``outputs`` are class probabilities (n, classes) for classification, or
     predictions (n,) for regression.
     """
+    from sklearn import metrics as skm  # imported here: 1.5-2 s that steps without metrics skip
+
     if outputs.ndim == 1:
         return _regression(names, labels, outputs, losses)
     probs = outputs
@@ -125,6 +126,8 @@ def compute(
 def _regression(
     names: Sequence[str], labels: np.ndarray, predictions: np.ndarray, losses: np.ndarray
 ) -> dict[str, float]:
+    from sklearn import metrics as skm
+
     functions = {
         "loss": lambda: losses.mean(),
         "MSE": lambda: skm.mean_squared_error(labels, predictions),
@@ -147,6 +150,8 @@ def _specificity(labels: np.ndarray, predictions: np.ndarray, n_classes: int) ->
 
 
 def _roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    from sklearn import metrics as skm
+
     if len(np.unique(labels)) < 2:
         return float("nan")
     if probs.shape[1] == 2:
