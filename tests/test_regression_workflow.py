@@ -1,4 +1,4 @@
-"""A regression experiment through the real workflow: age from the demo's T1 images."""
+"""A regression experiment through the real workflow: the demo's MMSE-like score."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ pytestmark = pytest.mark.workflow
 
 REGRESSION = {
     **TINY,
-    "data": {**TINY["data"], "label": "age", "task": "regression"},
+    "data": {**TINY["data"], "label": "mmse", "task": "regression"},
     "split": {"n_splits": 1},
     "train": {**TINY["train"], "save_epochs": []},
 }
 
 
-def test_brain_age_regression_writes_a_complete_maps(tmp_path):
+def test_regression_writes_a_complete_maps(tmp_path):
     # A label that is not a number is refused before anything is trained.
     bad = {**REGRESSION, "data": {**REGRESSION["data"], "label": "sex"}}
     result = run_snakemake(tmp_path, "results/maps/model.json", config=bad)
@@ -29,7 +29,7 @@ def test_brain_age_regression_writes_a_complete_maps(tmp_path):
     assert "'F', 'M'" in result.stderr or "'M', 'F'" in result.stderr
     assert not (tmp_path / "results/maps/model.json").exists()
 
-    # The same cohort with age as the target (the cohort is generated once).
+    # The same cohort with the MMSE-like score as the target (generated once).
     result = run_snakemake(tmp_path, config=REGRESSION)
     assert result.returncode == 0, result.stderr[-5000:]
     maps = Maps(tmp_path / "results" / "maps").read()
@@ -38,8 +38,8 @@ def test_brain_age_regression_writes_a_complete_maps(tmp_path):
     assert model["loss"]["name_"] == "MSELoss"
     last_layer = list(model["network"]["fc"].values())[-1]
     assert last_layer["out_features"] == 1
-    ages = pd.read_csv(tmp_path / "results/data/synthetic/participants.tsv", sep="\t")["age"]
-    assert np.isclose(model["target"]["mean"], ages.mean())
+    scores = pd.read_csv(tmp_path / "results/data/synthetic/participants.tsv", sep="\t")["mmse"]
+    assert np.isclose(model["target"]["mean"], scores.mean())
     metrics = json.loads(maps.metrics_json.read_text())["metrics"]
     assert list(metrics) == ["loss", "MAE", "MSE", "R2"]
     for k in (0,):

@@ -19,7 +19,7 @@ from snakemaps.data.synthetic import generate_cohort, generated_paths
 from snakemaps.errors import UserError
 
 SMALL = {"n_participants": 12, "n_test_participants": 6, "max_sessions": 3, "shape": (24, 28, 24)}
-COLUMNS = ["participant_id", "session_id", "label", "age", "sex", "image"]
+COLUMNS = ["participant_id", "session_id", "label", "age", "sex", "mmse", "image"]
 MTL_CENTRES_MM = [(-25.0, -20.0, -15.0), (25.0, -20.0, -15.0)]
 
 
@@ -76,6 +76,11 @@ def test_tsv_format(cohort):
         labels = frame.drop_duplicates("participant_id").label.value_counts()
         assert set(labels.index) == {"AD", "CN"}
         assert abs(labels["AD"] - labels["CN"]) <= 1
+    # The MMSE-like score: integers in 0..30, lower with AD, never rising over sessions for AD.
+    scores = pd.concat(frames.values())
+    assert scores.mmse.between(0, 30).all() and (scores.mmse == scores.mmse.round()).all()
+    by_label = scores.groupby("label").mmse.mean()
+    assert by_label["CN"] - by_label["AD"] > 5, by_label
     # Several participants have more than one session.
     assert (frames["participants"].groupby("participant_id").size() > 1).any()
     # The test group holds other participants, numbered on.

@@ -7,8 +7,9 @@ end without real data:
 
 * ``participants.tsv`` (training cohort) and ``test.tsv`` (a held-out group of
   other participants), with columns ``participant_id``, ``session_id``,
-  ``label`` (``AD``/``CN``), ``age``, ``sex`` and ``image`` (a path relative to
-  the TSV's folder);
+  ``label`` (``AD``/``CN``), ``age``, ``sex``, ``mmse`` (an MMSE-like
+  cognitive score, 0-30, that falls with the medial temporal atrophy) and
+  ``image`` (a path relative to the TSV's folder);
 * ``images/sub-XXXX_ses-MYYY_T1w.nii.gz``: float32 NIfTI volumes on an
   isotropic grid in MNI space.
 
@@ -56,7 +57,7 @@ from ..io import atomic_write_bytes, write_tsv
 LOGGER = logging.getLogger("snakemaps.data.synthetic")
 LOG_EVERY = 25
 
-COLUMNS = ("participant_id", "session_id", "label", "age", "sex", "image")
+COLUMNS = ("participant_id", "session_id", "label", "age", "sex", "mmse", "image")
 LABELS = ("AD", "CN")
 IMAGE_DIR = "images"
 MONTHS_BETWEEN_SESSIONS = 12
@@ -89,6 +90,10 @@ AGE_GM_LOSS_PER_YEAR = 0.003  # global grey-matter fraction lost per year over 5
 VENTRICLE_EXPANSION_PER_YEAR = 0.004  # linear expansion of the ventricles per year over 55
 BASELINE_AGE = (55.0, 86.0)
 REFERENCE_AGE = 55.0
+# Cognition: an MMSE-like score, 30 minus points per unit of MTL atrophy (severity
+# + progression), plus rater noise; a regression target the images carry.
+MMSE_POINTS_PER_ATROPHY = 12.0
+MMSE_NOISE = 1.0
 
 # Participant nuisance variation.
 DEFORMATION_VOXELS = 1.0  # std of the smooth displacement field, in output voxels
@@ -153,7 +158,7 @@ def generate_cohort(
     for name, plan in groups.items():
         rows = []
         for participant in plan:
-            for session_id, age, image in _participant_images(
+            for session_id, age, mmse, image in _participant_images(
                 participant, grid, seed, effect_size, noise
             ):
                 relative = f"{IMAGE_DIR}/{participant.participant_id}_{session_id}_T1w.nii.gz"
@@ -165,6 +170,7 @@ def generate_cohort(
                         participant.label,
                         age,
                         participant.sex,
+                        mmse,
                         relative,
                     )
                 )
@@ -360,7 +366,7 @@ def _plan_group(
 def _participant_images(
     participant: _Participant, grid: _Grid, seed: int, effect_size: float, noise: float
 ):
-    """Yield ``(session_id, age, image)`` for each session of one participant."""
+    """Yield ``(session_id, age, mmse, image)`` for each session of one participant."""
     from scipy import ndimage
 
     rng = _rng(seed, participant.index, 1)
@@ -381,6 +387,7 @@ def _participant_images(
         severity = rng.uniform(*CN_SEVERITY)
         progression = rng.uniform(*CN_PROGRESSION_PER_YEAR)
     asymmetry = rng.uniform(0.8, 1.2, 2)
+    rater = _rng(seed, participant.index, 2)  # its own stream: the images do not change
 
     # Scanner: contrast jitter and a smooth multiplicative bias field.
     contrast = 1.0 + rng.normal(0.0, CONTRAST_STD)
@@ -413,7 +420,10 @@ def _participant_images(
         image /= np.percentile(image[mask > 0.5], 99.5)
         image += rng.normal(0.0, noise, shape).astype(np.float32) * np.clip(2 * mask, 0, 1)
         image *= mask > 0.02
-        yield f"ses-M{months:03d}", age, np.clip(image, 0.0, 1.0).astype(np.float32)
+        atrophy = severity + progression * years
+        mmse = 30.0 - MMSE_POINTS_PER_ATROPHY * atrophy + rater.normal(0.0, MMSE_NOISE)
+        mmse = int(np.clip(np.rint(mmse), 0, 30))
+        yield f"ses-M{months:03d}", age, mmse, np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
 def _smooth_field(rng: np.random.Generator, shape: Sequence[int], std: float) -> np.ndarray:
