@@ -36,13 +36,14 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _profile_overrides() -> list[str]:
+def _profile_overrides(runtime: dict[str, str] | None = None) -> list[str]:
     """Command-line arguments that fit profiles/slurm onto the 2-core test node.
 
     `--set-threads` and `--set-resources` on the command line replace those keys
     of the profile as a whole, so every per-rule entry of the profile is carried
-    over, with threads, CPUs, memory and time limit shrunk to what the test
-    node has. Everything else (slurm_extra, gpu, ...) is passed on unchanged.
+    over, with threads, CPUs, memory and time limit (10 minutes, or the
+    expression in ``runtime[rule]``) shrunk to what the test node has.
+    Everything else (slurm_extra, gpu, ...) is passed on unchanged.
     """
     import yte
 
@@ -53,7 +54,7 @@ def _profile_overrides() -> list[str]:
     for rule, res in (profile.get("set-resources") or {}).items():
         res = dict(res)
         res["mem_mb"] = 300
-        res["runtime"] = 10
+        res["runtime"] = (runtime or {}).get(rule, 10)
         if "cpus_per_task" in res:
             res["cpus_per_task"] = 1
         resources += [f"{rule}:{key}={value}" for key, value in res.items()]

@@ -1,22 +1,49 @@
-"""The demo through a real SLURM cluster: a training job scancel'ed mid-run resumes on retry."""
+"""The demo through a real SLURM cluster, with two faults in one run (to save CI time).
+
+- split-0's training job is cancelled with ``scancel`` mid-run; the profile's
+  retry resumes it from its last checkpoint.
+- split-1's training job reaches its wall-time limit (1 minute, the least
+  SLURM allows); SLURM sends SIGTERM, the trainer checkpoints before SIGKILL
+  (KillWait, 10 s in tests/slurm/up.sh) and the retry resumes from that
+  checkpoint. A tiny job trains in seconds, so the test pauses its training
+  process with SIGSTOP after the first checkpoint: the job then overruns its
+  limit without burning the CI machine's CPU. At the limit SLURM sends
+  SIGCONT before SIGTERM (as to any stopped task), so the trainer wakes up,
+  finishes its batch and checkpoints, like a long job would.
+
+Both jobs run side by side, so the time limit costs about half a minute of
+wall time on top of the scancel run.
+"""
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 from conftest import ROOT, TINY
 from snakemaps.maps import Maps
-from test_slurm_cluster import PARTITION, _profile_overrides, slurm_cluster  # noqa: F401
+from test_slurm_cluster import (  # noqa: F401
+    PARTITION,
+    _profile_overrides,
+    _scontrol_job,
+    slurm_cluster,
+)
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.workflow]
 
 CONFIG = {**TINY, "train": {**TINY["train"], "epochs": 8}}
+CANCELLED, TIMED_OUT = 0, 1  # the split whose training job meets each fault
+# Time limit in minutes of the train jobs: 1 for the split that times out.
+TRAIN_RUNTIME = f"1 if wildcards.split == '{TIMED_OUT}' else 10"
+SLURMCTLD_LOG = Path("/var/log/slurm-snakemaps/slurmctld.log")  # tests/slurm/up.sh
 MAPS_TARGETS = [
     "results/maps/env/environment.txt",
     "results/maps/test/group-test/summary-loss.tsv",
@@ -29,20 +56,76 @@ MAPS_TARGETS = [
 ]
 
 
-def slurm_job_of(comment: str) -> str | None:
-    """The id of the running SLURM job whose comment (set by the plugin) is ``comment``."""
+def running_train_job(split: int) -> str | None:
+    """The id of split ``split``'s running training job (the plugin sets its comment)."""
     out = subprocess.run(
         ["squeue", "--noheader", "--format=%i %k %T"], capture_output=True, text=True, check=True
     ).stdout
     for line in out.splitlines():
-        jobid, job_comment, state = line.split()
-        if job_comment == comment and state == "RUNNING":
+        jobid, comment, state = line.split()
+        if comment == f"rule_train_wildcards_results_maps_{split}" and state == "RUNNING":
             return jobid
     return None
 
 
-def test_demo_through_slurm_survives_scancel(slurm_cluster, tmp_path):  # noqa: F811
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+def training_pids(jobid: str) -> list[int]:
+    """PIDs of the rule script train.py running inside SLURM job ``jobid``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"train.py" in cmdline and f"SLURM_JOB_ID={jobid}".encode() in environ:
+            pids.append(int(entry.name))
+    return pids
+
+
+def checkpoints(split: int, workdir: Path) -> list[int]:
+    tmp = workdir / f"results/maps/training/split-{split}/tmp"
+    return [int(p.name.removeprefix("epoch-")) for p in tmp.glob("epoch-*")]
+
+
+@dataclass
+class Run:
+    """One run of the demo through SLURM with both faults."""
+
+    workdir: Path
+    output: str  # snakemake's stdout and stderr
+    cancelled: str  # SLURM job id of split CANCELLED's first training job
+    timed_out: str  # SLURM job id of split TIMED_OUT's first training job
+    checkpoints_before_stop: list[int]  # tmp/epoch-<e> of TIMED_OUT when it was paused
+
+    def maps(self):
+        return Maps(self.workdir / "results/maps").read()
+
+    def train_log(self, split: int) -> str:
+        """The rule's log: Snakemake empties it before each attempt, so the retry's only."""
+        return (self.workdir / f"logs/results/maps/train_split-{split}.log").read_text()
+
+    def slurm_log(self, split: int, jobid: str) -> str:
+        path = self.workdir / f".snakemake/slurm_logs/rule_train/results_maps_{split}/{jobid}.log"
+        return path.read_text()
+
+    def train_jobs(self, split: int) -> list[str]:
+        """SLURM job ids of the attempts at training ``split``, from the MAPS provenance."""
+        maps = self.maps()
+        records = [
+            r
+            for name in maps.exec.runs
+            for r in maps.open_file(maps.exec.runs[name].provenance_json)
+            if r.get("step") == f"train split-{split}"
+        ]
+        return [r["slurm_job_id"] for r in sorted(records, key=lambda r: r["timestamp"])]
+
+
+@pytest.fixture(scope="module")
+def run(slurm_cluster, tmp_path_factory) -> Run:  # noqa: F811
+    workdir = tmp_path_factory.mktemp("slurm_demo")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
     env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
     env["SNAKEMAPS_SLURM_PARTITION"] = PARTITION
     command = [
@@ -53,52 +136,99 @@ def test_demo_through_slurm_survives_scancel(slurm_cluster, tmp_path):  # noqa: 
         "--profile",
         "profiles/slurm",
         "--directory",
-        str(tmp_path),
+        str(workdir),
         "--configfile",
         "config/config.yaml",
-        str(tmp_path / "config.yaml"),
-        *_profile_overrides(),
+        str(workdir / "config.yaml"),
+        *_profile_overrides(runtime={"train": TRAIN_RUNTIME}),
     ]
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    tmp = tmp_path / "results/maps/training/split-0/tmp"
-    cancelled, deadline = None, time.monotonic() + 600
-    while cancelled is None:
-        assert process.poll() is None, process.stdout.read()[-5000:]
-        assert time.monotonic() < deadline, "split-0 wrote no second checkpoint in time"
-        if any((tmp / f"epoch-{e}").exists() for e in (2, 3, 4, 5)):
-            cancelled = slurm_job_of("rule_train_wildcards_results/maps_0")
-            if cancelled is None:  # the comment format differs: find it by name
-                out = subprocess.run(
-                    ["squeue", "--noheader", "--format=%i %k"],
-                    capture_output=True,
-                    text=True,
-                    check=True,
-                ).stdout
-                ids = [
-                    line.split()[0] for line in out.splitlines() if "train" in line and "_0" in line
-                ]
-                cancelled = ids[0] if ids else None
-            if cancelled:
-                subprocess.run(["scancel", cancelled], check=True)
-        time.sleep(0.2)
-    output = process.communicate(timeout=900)[0]
+    cancelled = stopped = None
+    try:
+        deadline = time.monotonic() + 600
+        while cancelled is None or stopped is None:
+            assert process.poll() is None, process.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, f"no fault in time: {cancelled=} {stopped=}"
+            if cancelled is None and {2, 3, 4, 5} & set(checkpoints(CANCELLED, workdir)):
+                cancelled = running_train_job(CANCELLED)
+                if cancelled:
+                    subprocess.run(["scancel", cancelled], check=True)
+            if stopped is None and checkpoints(TIMED_OUT, workdir):
+                stopped = running_train_job(TIMED_OUT)
+                pids = training_pids(stopped) if stopped else []
+                assert stopped is None or pids, f"no train.py in SLURM job {stopped}"
+                for pid in pids:
+                    os.kill(pid, signal.SIGSTOP)
+                if pids:
+                    before_stop = checkpoints(TIMED_OUT, workdir)
+                else:
+                    stopped = None
+            time.sleep(0.2)
+        output = process.communicate(timeout=900)[0]
+    finally:
+        if process.poll() is None:  # a failed assertion: stop snakemake and its jobs
+            process.terminate()
+            process.wait(timeout=120)
     assert process.returncode == 0, output[-8000:]
+    return Run(workdir, output, cancelled, stopped, before_stop)
 
-    maps = Maps(tmp_path / "results/maps").read()
-    log = (tmp_path / "logs/results/maps/train_split-0.log").read_text()
-    assert "resuming from checkpoint" in log, log[-3000:]
-    assert len(maps.open_file(maps.split(0).validation_metrics.aggregated_tsv)) == 8
-    jobs = {
-        r["slurm_job_id"]
-        for name in maps.exec.runs
-        for r in maps.open_file(maps.exec.runs[name].provenance_json)
-    }
-    assert None not in jobs and cancelled in jobs  # every step ran inside a SLURM job
-    state = subprocess.run(
-        ["scontrol", "show", "job", cancelled], capture_output=True, text=True, check=False
-    ).stdout
-    assert re.search(r"JobState=(CANCELLED|FAILED)", state) or not state, state
-    logs = list((tmp_path / ".snakemake/slurm_logs").rglob("*.log"))
-    assert any("rule_train" in str(p) for p in logs), logs
+
+def assert_resumed_from_sigterm_checkpoint(run: Run, split: int, jobid: str) -> None:
+    """The trainer of job ``jobid`` checkpointed on SIGTERM, and the retry resumed from it."""
+    failed = run.slurm_log(split, jobid)
+    assert "received SIGTERM: checkpointing after this batch" in failed, failed[-3000:]
+    written = re.search(
+        r"TrainingInterrupted: stopped by signal 15; checkpoint (\S+) written", failed
+    )
+    assert written, f"no checkpoint written on SIGTERM by job {jobid}:\n{failed[-4000:]}"
+    retry = run.train_log(split)
+    assert f"resuming from checkpoint {written[1]}" in retry, retry[-3000:]
+    # an epoch-end checkpoint says batch 0; one written on a signal, after a batch
+    resumed = re.search(r"resumed at epoch \d+ \(batch (\d+) of the next\)", retry)
+    assert resumed and int(resumed[1]) >= 1, retry[-3000:]
+
+
+def test_demo_maps_complete_through_slurm(run):
+    maps = run.maps()
+    records = [
+        r for name in maps.exec.runs for r in maps.open_file(maps.exec.runs[name].provenance_json)
+    ]
+    assert records and all(r["slurm_job_id"] for r in records), records  # all in SLURM jobs
+    for split in (CANCELLED, TIMED_OUT):
+        assert len(maps.open_file(maps.split(split).validation_metrics.aggregated_tsv)) == 8
+        assert checkpoints(split, run.workdir) == []
+    for target in MAPS_TARGETS:
+        assert (run.workdir / target).is_file(), target
+
+
+def test_scancelled_training_job_resumes_on_retry(run):
+    job = _scontrol_job(run.cancelled)
+    assert job.get("JobState") == "CANCELLED", job
+    # the first attempt and the retry each ran in their own SLURM job
+    jobs = run.train_jobs(CANCELLED)
+    assert len(jobs) == 2 and jobs[0] == run.cancelled and jobs[1] != run.cancelled, jobs
+    assert_resumed_from_sigterm_checkpoint(run, CANCELLED, run.cancelled)
+
+
+def test_training_job_at_time_limit_checkpoints_and_resumes_on_retry(run):
+    # the job really ended by TIMEOUT at its 1-minute limit, not by another failure
+    job = _scontrol_job(run.timed_out)
+    assert job.get("JobState") == "TIMEOUT" and job.get("Reason") == "TimeLimit", job
+    assert job.get("TimeLimit") == "00:01:00", job
+    assert f"SLURM-job '{run.timed_out}' failed, SLURM status is: 'TIMEOUT'" in run.output
+    failed = run.slurm_log(TIMED_OUT, run.timed_out)
+    limit = rf"JOB {run.timed_out} ON \S+ CANCELLED AT \S+ DUE TO TIME LIMIT"
+    assert re.search(limit, failed), failed[-3000:]
+    if os.access(SLURMCTLD_LOG, os.R_OK):
+        assert f"Time limit exhausted for JobId={run.timed_out}" in SLURMCTLD_LOG.read_text()
+    jobs = run.train_jobs(TIMED_OUT)
+    assert len(jobs) == 2 and jobs[0] == run.timed_out and jobs[1] != run.timed_out, jobs
+    # the retry did not start again at epoch 0 ...
+    retry = run.train_log(TIMED_OUT)
+    resumed = re.search(r"resumed at epoch (\d+)", retry)
+    assert resumed, retry[-3000:]
+    assert int(resumed[1]) >= max(run.checkpoints_before_stop) >= 1, resumed[0]
+    # ... but from the checkpoint the trainer wrote on SLURM's SIGTERM
+    assert_resumed_from_sigterm_checkpoint(run, TIMED_OUT, run.timed_out)

@@ -183,7 +183,13 @@ MinJobAge=300
 ReturnToService=2
 SlurmdTimeout=300
 InactiveLimit=0
+# At a job's time limit (checked every 30 s, so 0-30 s late) SLURM sends SIGCONT
+# and SIGTERM to all its processes, then SIGKILL KillWait seconds later. 10 s
+# (clusters often use 30) is ample for the trainer's checkpoint on tiny data.
+# OverTimeLimit=0: no grace minutes past the limit (the default, stated here
+# because the time-limit test relies on it).
 KillWait=10
+OverTimeLimit=0
 StateSaveLocation=$SPOOL_DIR/ctld
 SlurmdSpoolDir=$SPOOL_DIR/d
 SlurmctldPidFile=$STATE_DIR/slurmctld.pid
