@@ -81,7 +81,7 @@ class Settings:
     accumulation_steps: int = 1
     clip_grad_norm: float | None = None
     max_loss: float = 1000.0
-    bn_recalibration_batches: int = 10
+    bn_recalibration_batches: int = 4
     evaluation_interval: int = 1
     seed: int = 0
     deterministic: bool = False
