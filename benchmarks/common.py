@@ -181,6 +181,22 @@ def snakemake_command(workdir: Path, overlay_file: Path | None, *args: str) -> l
     ]
 
 
+def job_pids(workdir: Path, script: str) -> list[int]:
+    """PIDs of the rule scripts named ``script`` running in ``workdir``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if script in cmdline and ".snakemake/scripts" in cmdline and Path(cwd) == workdir:
+            pids.append(int(entry.name))
+    return pids
+
+
 def write_overlay(workdir: Path, config: Mapping[str, Any]) -> Path:
     workdir.mkdir(parents=True, exist_ok=True)
     path = workdir / "bench_config.yaml"

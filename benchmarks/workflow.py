@@ -21,6 +21,7 @@ from .common import (
     check,
     children_cpu,
     full_config,
+    job_pids,
     load_avg,
     log_times,
     median,
@@ -272,22 +273,6 @@ def break_even(medians: Mapping[int, tuple[float, float]]) -> Result:
 
 
 # ---------------------------------------------------------------------- resume
-
-
-def job_pids(workdir: Path, script: str) -> list[int]:
-    """PIDs of the rule scripts named ``script`` running in ``workdir``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if script in cmdline and ".snakemake/scripts" in cmdline and Path(cwd) == workdir:
-            pids.append(int(entry.name))
-    return pids
 
 
 def resume_overhead(

@@ -14,6 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.append(str(ROOT))  # benchmarks.common: helpers shared with the benchmarks
 
 # A tiny demo: small volumes, few participants, 2 folds, 3 epochs.
 TINY = {
@@ -30,17 +31,18 @@ TINY = {
 }
 
 
-def run_snakemake(
-    workdir: Path, *args: str, config: dict | None = None, timeout: int = 600
-) -> subprocess.CompletedProcess:
-    """Run the real workflow in ``workdir`` with the demo config plus ``config`` on top."""
+def snakemake_command(workdir: Path, *args: str, config: dict | None = None) -> list[str]:
+    """The command that runs the real workflow in ``workdir`` on 2 cores.
+
+    Uses the demo config plus ``config`` on top (written to ``workdir/test_config.yaml``).
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     configfiles = [str(ROOT / "config" / "config.yaml")]
     if config is not None:
         overlay = workdir / "test_config.yaml"
         overlay.write_text(yaml.safe_dump(config))
         configfiles.append(str(overlay))
-    command = [
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -54,9 +56,19 @@ def run_snakemake(
         "2",
         *args,
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_snakemake(
+    workdir: Path, *args: str, config: dict | None = None, timeout: int = 600
+) -> subprocess.CompletedProcess:
+    """Run the real workflow in ``workdir`` with the demo config plus ``config`` on top."""
     return subprocess.run(
-        command, capture_output=True, text=True, timeout=timeout, env=env, check=False
+        snakemake_command(workdir, *args, config=config),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        check=False,
     )
 
 

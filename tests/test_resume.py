@@ -1,4 +1,9 @@
-"""A real snakemake training job SIGKILLed after its second checkpoint resumes bit-identical."""
+"""Real snakemake runs broken on purpose resume from the training checkpoint, bit-identical.
+
+The training job is stopped by SIGTERM or SIGKILL, or Snakemake itself is killed
+with all its jobs; in each case the rerun resumes and ends with the same weights
+and logs as an unbroken run.
+"""
 
 from __future__ import annotations
 
@@ -7,56 +12,27 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY, run_snakemake
+from conftest import TINY, run_snakemake, snakemake_command
+
+from benchmarks.common import job_pids
 
 pytestmark = pytest.mark.workflow
 
 TARGET = "results/maps/training/split-0/models/final/model.pt"
 CONFIG = {
     **TINY,
-    "train": {**TINY["train"], "epochs": 6, "deterministic": True, "save_epochs": [2, 5]},
+    "train": {**TINY["train"], "epochs": 8, "deterministic": True, "save_epochs": [2, 5]},
 }
 
 
-def job_pids(workdir: Path, script: str) -> list[int]:
-    """PIDs of the rule scripts named ``script`` running in ``workdir``."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().decode(errors="replace")
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if script in cmdline and ".snakemake/scripts" in cmdline and Path(cwd) == workdir:
-            pids.append(int(entry.name))
-    return pids
-
-
-def snakemake_command(workdir: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(ROOT / "config/config.yaml"),
-        str(workdir / "test_config.yaml"),
-        "--cores",
-        "1",
-        TARGET,
-    ]
+def command(workdir: Path, *args: str) -> list[str]:
+    return snakemake_command(workdir, TARGET, *args, config=CONFIG)
 
 
 def frames(maps: Path) -> dict[str, pd.DataFrame]:
@@ -87,9 +63,7 @@ def prepared(tmp_path_factory):
 def unbroken(prepared, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("unbroken")
     shutil.copytree(prepared, workdir, symlinks=True, dirs_exist_ok=True)
-    clean = subprocess.run(
-        snakemake_command(workdir), capture_output=True, text=True, timeout=600, check=False
-    )
+    clean = run_snakemake(workdir, TARGET, config=CONFIG)
     assert clean.returncode == 0, clean.stderr[-3000:]
     return workdir
 
@@ -122,7 +96,7 @@ def start_and_wait_for(workdir: Path, checkpoint: str) -> subprocess.Popen:
     """Start training split-0 and return once tmp/<checkpoint> exists."""
     tmp = workdir / "results/maps/training/split-0/tmp"
     process = subprocess.Popen(
-        snakemake_command(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.monotonic() + 300
     while not (tmp / checkpoint).exists():
@@ -132,18 +106,28 @@ def start_and_wait_for(workdir: Path, checkpoint: str) -> subprocess.Popen:
     return process
 
 
-def rerun(workdir: Path) -> str:
-    result = subprocess.run(
-        [*snakemake_command(workdir), "--rerun-incomplete"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+def rerun(workdir: Path, *targets: str) -> subprocess.CompletedProcess:
+    result = run_snakemake(workdir, TARGET, *targets, "--rerun-incomplete", config=CONFIG)
     assert result.returncode == 0, result.stderr[-3000:]
     log = (workdir / "logs/results/maps/train_split-0.log").read_text()
     assert "resuming from checkpoint" in log and "resumed at epoch" in log
-    return log
+    return result
+
+
+def latest_checkpoint(tmp: Path) -> int:
+    """The epoch of the newest tmp/epoch-<e>/ (the one a rerun resumes from), or 0.
+
+    An older one may still be there for a moment: a kill can come between the
+    newer one's publication and the older one's removal.
+    """
+    return max((int(p.name.removeprefix("epoch-")) for p in tmp.glob("epoch-*")), default=0)
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table (rule -> number of jobs) in ``output``."""
+    table = output.split("Job stats:\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[2:]]  # after the header and rule
+    return {rule: int(count) for rule, count in rows if rule != "total"}
 
 
 def test_sigterm_checkpoints_mid_epoch_and_resumes_bit_identical(prepared, unbroken, tmp_path):
@@ -165,11 +149,25 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_bit_identical(prepared, unbro
     assert_same_as_unbroken(broken, unbroken)
 
 
-def test_killed_training_job_resumes_bit_identical(prepared, unbroken, tmp_path):
+def test_killed_training_job_then_killed_snakemake_resume_bit_identical(
+    prepared, unbroken, tmp_path
+):
+    """Two faults in a row, each followed by the command a user would run next.
+
+    1. The training job is SIGKILLed mid-epoch; Snakemake reports the failure.
+    2. The rerun resumes it and also runs the environment step; once that step has
+       finished and training is past its next checkpoint, Snakemake is SIGKILLed
+       with all its jobs (a lost node, a closed terminal).
+    3. After ``--unlock``, the rerun redoes only the unfinished training, which
+       resumes from its checkpoint and ends as the unbroken run did.
+    """
+    environment = "results/maps/env/environment.txt"
     broken = tmp_path / "broken"
     shutil.copytree(prepared, broken, symlinks=True)
     tmp = broken / "results/maps/training/split-0/tmp"
+    train_log = broken / "logs/results/maps/train_split-0.log"
 
+    # 1. the training job killed
     process = start_and_wait_for(broken, "epoch-2")
     killed = job_pids(broken, "train.py")
     assert killed, "the training job's process was not found"
@@ -178,8 +176,63 @@ def test_killed_training_job_resumes_bit_identical(prepared, unbroken, tmp_path)
     output = process.communicate(timeout=120)[0]
     assert process.returncode != 0, output[-3000:]
     assert not (broken / TARGET).exists()
-    checkpoints = sorted(p.name for p in tmp.glob("epoch-*"))
-    assert checkpoints and checkpoints[-1] in {"epoch-2", "epoch-3", "epoch-4"}, checkpoints
+    first = latest_checkpoint(tmp)
+    assert 2 <= first < CONFIG["train"]["epochs"], first
 
-    rerun(broken)
+    # 2. the rerun, and Snakemake killed: in its own session, so that snakemake and its
+    # jobs (which share its process group) are killed at once
+    output = tmp_path / "rerun.out"
+    with output.open("w") as out:
+        process = subprocess.Popen(
+            command(broken, environment, "--rerun-incomplete"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    deadline = time.monotonic() + 300
+    while (
+        "(Rule: environment)" not in output.read_text()  # finished, as Snakemake records it
+        or latest_checkpoint(tmp) <= first
+    ):
+        assert process.poll() is None, output.read_text()[-3000:]
+        assert time.monotonic() < deadline, "the environment or a checkpoint did not come in time"
+        time.sleep(0.02)
+    assert job_pids(broken, "train.py"), "the training job was not running"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+    for _ in range(100):  # the other processes of the group die asynchronously
+        if not job_pids(broken, "train.py"):
+            break
+        time.sleep(0.05)
+    assert not job_pids(broken, "train.py"), "the training job survived the kill"
+    assert not (broken / TARGET).exists()
+    assert f"resuming from checkpoint results/maps/training/split-0/tmp/epoch-{first}" in (
+        train_log.read_text()
+    )
+    second = latest_checkpoint(tmp)
+    assert first < second < CONFIG["train"]["epochs"], (first, second)
+    finished = [
+        "results/data/synthetic/participants.tsv",
+        "results/data/cache/train/manifest.tsv",
+        "results/maps/training/data/split_manifest.json",
+        "results/maps/model.json",
+        environment,  # finished in the killed run
+    ]
+    mtimes = {path: (broken / path).stat().st_mtime_ns for path in finished}
+
+    # 3. the killed Snakemake's lock is left behind: the rerun refuses to start ...
+    locked = run_snakemake(broken, TARGET, environment, "--rerun-incomplete", config=CONFIG)
+    assert locked.returncode != 0, locked.stderr[-3000:]
+    assert "Directory cannot be locked" in locked.stderr, locked.stderr[-3000:]
+    # ... until the lock is removed with --unlock (which runs nothing)
+    unlock = run_snakemake(broken, TARGET, environment, "--unlock", config=CONFIG)
+    assert unlock.returncode == 0, unlock.stderr[-3000:]
+    assert not (broken / TARGET).exists()
+    result = rerun(broken, environment)
+    # only the interrupted training ran again; the finished steps were left alone
+    assert job_stats(result.stderr) == {"train": 1}, result.stderr[-3000:]
+    assert {path: (broken / path).stat().st_mtime_ns for path in finished} == mtimes
+    assert f"resuming from checkpoint results/maps/training/split-0/tmp/epoch-{second}" in (
+        train_log.read_text()
+    )
     assert_same_as_unbroken(broken, unbroken)
