@@ -151,6 +151,34 @@ def test_resume_and_exception_events(tmp_path):
     assert recorder.events[-1][0] == "on_exception"
 
 
+def test_checkpoint_does_not_need_the_published_models(tmp_path):
+    """A signalled SLURM job's wrapper may delete the rule's outputs while training checkpoints."""
+    trainer = make_trainer(tmp_path, [], epochs=2, monitor=("loss", "BalancedAccuracy"))
+    trainer.settings.epochs = trainer.state.num_epochs = 1
+    trainer.fit()
+    best = trainer.split_dir.models.best_models
+    published = {m: best.metrics[m].model_pt.read_bytes() for m in ("loss", "BalancedAccuracy")}
+    resumed = make_trainer(tmp_path, [], epochs=2, monitor=("loss", "BalancedAccuracy"))
+    resumed.state.current_epoch = 1
+    resumed.callbacks[0].best = {
+        m: {"value": 0.0, "epoch": 1} for m in ("loss", "BalancedAccuracy")
+    }
+    kept = resumed.split_dir.tmp.path / "published"
+    for metric, data in published.items():
+        (kept / f"best-{metric}.pt").parent.mkdir(parents=True, exist_ok=True)
+        (kept / f"best-{metric}.pt").write_bytes(data)
+        best.metrics[metric].model_pt.unlink()  # what Snakemake does to a failed job's outputs
+    resumed.write_checkpoint()
+    resumed.finish_checkpoint()
+    checkpoint = resumed.split_dir.tmp.epochs[1]
+    for metric, data in published.items():
+        assert (checkpoint.callbacks / "ModelCheckpoint" / f"best-{metric}.pt").read_bytes() == data
+    # The retry restores the published models from the checkpoint, then trains on.
+    make_trainer(tmp_path, [], epochs=2, monitor=("loss", "BalancedAccuracy")).fit()
+    for metric in published:
+        assert best.metrics[metric].model_pt.exists()
+
+
 def test_resume_checkpoint_from_another_configuration_is_refused(tmp_path):
     make_trainer(tmp_path, [], epochs=1, fingerprint="config-A").fit()
     trainer = make_trainer(tmp_path, [], epochs=2, fingerprint="config-A")
@@ -168,6 +196,8 @@ class FakeTrainer:
         self.saved = []
 
     def save_model(self, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"weights")
         self.saved.append((self.state.current_epoch, path.parent.name))
 
 

@@ -130,8 +130,11 @@ class ModelCheckpoint(Callback):
     """Keep best-<metric> models (DaCapo's ValidationScores.get_best), chosen epochs, final.
 
     Best values follow each metric's direction (loss: lower, others: higher).
-    Published files are hard-linked into each resume checkpoint, so a resumed
-    run restores exactly the best models it had at that checkpoint.
+    Each published model is also hard-linked into ``tmp/published/``, and from
+    there into each resume checkpoint, so a resumed run restores exactly the
+    best models it had at that checkpoint. The checkpoint never reads the
+    published files themselves: they are the rule's declared outputs, which
+    Snakemake may delete while a signalled job is still checkpointing.
     """
 
     name = "ModelCheckpoint"
@@ -163,20 +166,29 @@ class ModelCheckpoint(Callback):
         for metric in self.monitor:
             if self.is_better(metric, metrics[metric]):
                 self.best[metric] = {"value": metrics[metric], "epoch": epoch}
-                trainer.save_model(trainer.split_dir.models.best_models.metrics[metric].model_pt)
+                self._publish(trainer, f"best-{metric}.pt")
                 logger.info("new best %s = %.4f at epoch %d", metric, metrics[metric], epoch)
 
     def on_epoch_end(self, trainer: Trainer, **_: Any) -> None:
         if trainer.state.current_epoch in self.save_epochs:
-            trainer.save_model(
-                trainer.split_dir.models.checkpoints.epochs[trainer.state.current_epoch].model_pt
-            )
+            self._publish(trainer, f"epoch-{trainer.state.current_epoch}.pt")
+
+    def _publish(self, trainer: Trainer, name: str) -> None:
+        """Save the model as ``name`` in the MAPS and keep a link in tmp/published/."""
+        path = self._outputs(trainer)[name]
+        trainer.save_model(path)
+        io.replace_link(path, self._kept(trainer) / name)
+
+    @staticmethod
+    def _kept(trainer: Trainer) -> Path:
+        return trainer.split_dir.tmp.path / "published"
 
     def on_train_end(self, trainer: Trainer, **_: Any) -> None:
         if self.save_last:
             trainer.save_model(trainer.split_dir.models.final.model_pt)
 
-    def _published(self, trainer: Trainer) -> dict[str, Path]:
+    def _outputs(self, trainer: Trainer) -> dict[str, Path]:
+        """Name in a checkpoint -> published model, for the models published so far."""
         models = trainer.split_dir.models
         files = {f"best-{m}.pt": models.best_models.metrics[m].model_pt for m in self.best}
         for epoch in self.save_epochs:
@@ -185,12 +197,13 @@ class ModelCheckpoint(Callback):
         return files
 
     def save_files(self, directory: Path, trainer: Trainer) -> None:
-        for name, path in self._published(trainer).items():
-            io.replace_link(path, directory / name)
+        for name in self._outputs(trainer):
+            io.replace_link(self._kept(trainer) / name, directory / name)
 
     def restore_files(self, directory: Path, trainer: Trainer) -> None:
-        for name, path in self._published(trainer).items():
+        for name, path in self._outputs(trainer).items():
             io.replace_link(directory / name, path)
+            io.replace_link(directory / name, self._kept(trainer) / name)
         # Models published after the checkpoint belong to epochs about to be redone.
         for epoch in self.save_epochs:
             if epoch > trainer.state.current_epoch:
