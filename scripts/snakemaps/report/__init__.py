@@ -48,7 +48,7 @@ KEY_PACKAGES = ("torch", "snakemake", "numpy", "pandas", "scikit-learn", "nibabe
 
 # Readable names of the metrics the trainer computes.
 METRIC_LABELS = {
-    "loss": "Loss (cross-entropy)",
+    "loss": "Loss",
     "Accuracy": "Accuracy",
     "BalancedAccuracy": "Balanced accuracy",
     "Sensitivity": "Sensitivity",
@@ -57,6 +57,7 @@ METRIC_LABELS = {
     "F1": "F1 score",
     "MSE": "Mean squared error",
     "MAE": "Mean absolute error",
+    "R2": "R² (coefficient of determination)",
 }
 # Metrics whose values lie in [0, 1].
 BOUNDED = {"Accuracy", "BalancedAccuracy", "Sensitivity", "Specificity", "RocAuc", "F1"}
@@ -78,6 +79,19 @@ BEST_STYLES = [("#d62728", "--"), ("#6a3d9a", ":"), ("#b15928", "-."), ("#33a02c
 # Helpers -------------------------------------------------------------------
 def metric_label(name: str) -> str:
     return METRIC_LABELS.get(name, name)
+
+
+def loss_label(maps: Maps) -> str:
+    """The loss with its kind, from model.json (cross-entropy, or MSE on the standardized target)."""
+    kind = (
+        io.read_json(maps.model_json).get("loss", {}).get("name_")
+        if maps.model_json.exists()
+        else None
+    )
+    return {
+        "CrossEntropyLoss": "Loss (cross-entropy)",
+        "MSELoss": "Loss (MSE, standardized target)",
+    }.get(kind, "Loss")
 
 
 def higher_is_better(name: str) -> bool:
@@ -241,7 +255,7 @@ def learning_curves(
             log["epoch"], log["loss"], "-s", color="#ff7f0e", markersize=4, label="validation loss"
         )
         ax.set_title("Loss per epoch", fontsize=10)
-        ax.set_ylabel(metric_label("loss"))
+        ax.set_ylabel(loss_label(maps))
         panels = [(ax, "loss")]
         if score:
             ax2 = axes[row][1]
@@ -576,7 +590,6 @@ def confusion_and_roc(
     return _save_figure(fig, out)
 
 
-# Environment summary ---------------------------------------------------------
 # Regression: predicted against true values ----------------------------------------
 def predictions_scatter(
     maps_dir: str | Path,
@@ -637,6 +650,7 @@ def predictions_scatter(
     return _save_figure(fig, out)
 
 
+# Environment summary ---------------------------------------------------------
 def _header(text: str) -> dict[str, str]:
     found = {}
     for line in text.splitlines():
