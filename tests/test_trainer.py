@@ -179,6 +179,19 @@ def test_checkpoint_does_not_need_the_published_models(tmp_path):
         assert best.metrics[metric].model_pt.exists()
 
 
+def test_checkpoint_event_follows_each_resume_checkpoint(tmp_path):
+    from snakemaps.train.callbacks import ResumeCheckpoint
+
+    recorder = Recorder()
+    make_trainer(tmp_path, [recorder, ResumeCheckpoint(1)], epochs=2).fit()
+    names = [event for event, _ in recorder.events]
+    assert names.count("on_checkpoint") == 2
+    # Written at each epoch's end, after that epoch's on_epoch_end.
+    ends = [i for i, name in enumerate(names) if name == "on_epoch_end"]
+    checkpoints = [i for i, name in enumerate(names) if name == "on_checkpoint"]
+    assert all(end < checkpoint for end, checkpoint in zip(ends, checkpoints))
+
+
 def test_resume_checkpoint_from_another_configuration_is_refused(tmp_path):
     make_trainer(tmp_path, [], epochs=1, fingerprint="config-A").fit()
     trainer = make_trainer(tmp_path, [], epochs=2, fingerprint="config-A")
