@@ -248,7 +248,6 @@ class LRScheduler(Callback):
     """Step a torch LR scheduler each epoch; log rates to learning_rates/<optimizer>.tsv."""
 
     name = "LRScheduler"
-    rows = "train"  # log rows are per optimisation step
 
     def __init__(
         self, scheduler: Any, optimizer_name: str, path: Path, monitor: str = "loss"
@@ -290,7 +289,6 @@ class ComputationalMonitor(Callback):
     """Seconds per phase and epoch in logs/computational.tsv (GPU time and memory on CUDA)."""
 
     name = "ComputationalMonitor"
-    rows = "epoch"  # log rows are per epoch
     PHASES = (
         "epoch_time",
         "train_loop",

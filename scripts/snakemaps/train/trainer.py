@@ -284,6 +284,16 @@ def predict(
     return tuple(np.concatenate(a) for a in (all_idx, all_y, all_p, all_l))
 
 
+class Emitter:
+    """Sends callback events: each callback's ``on_<event>(self, **kwargs)``."""
+
+    callbacks: list[Callback]
+
+    def emit(self, event: str, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            getattr(callback, event)(self, **kwargs)
+
+
 class EvaluationEvents:
     """The per-batch events of an evaluation, emitted by ``predict`` through ``on_batch``."""
 
@@ -303,7 +313,7 @@ class EvaluationEvents:
             emit("on_batch_end")
 
 
-class Evaluation:
+class Evaluation(Emitter):
     """A standalone evaluation of a saved model: the validate and test steps.
 
     Emits ``on_validate_start`` (``on_test_start`` for a test group), the
@@ -339,10 +349,6 @@ class Evaluation:
             called=called, stage=called, split_idx=split, num_val_batches=len(self.batches)
         )
 
-    def emit(self, event: str, **kwargs: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, event)(self, **kwargs)
-
     def run(self) -> tuple[dict[str, float], pd.DataFrame]:
         """The metrics and the per-image details of the model on the data."""
         try:
@@ -365,7 +371,7 @@ class Evaluation:
         return values, details
 
 
-class Trainer:
+class Trainer(Emitter):
     """Train one split of a MAPS, emitting callback events."""
 
     def __init__(
@@ -430,11 +436,7 @@ class Trainer:
         )
         self.details_log = TableLog(self.split_dir.validation_metrics.details_tsv, ["epoch"])
 
-    # Events ----------------------------------------------------------------
-    def emit(self, event: str, **kwargs: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, event)(self, **kwargs)
-
+    # Timing ----------------------------------------------------------------
     @contextlib.contextmanager
     def timed(self, phase: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -576,13 +578,13 @@ class Trainer:
             if path.exists():
                 callback.load_state_dict(io.read_json(path))
             callback.restore_files(checkpoint.callbacks / callback.name, self)
-        logs = [(self.loss_log, "train"), (self.val_log, "epoch"), (self.details_log, "epoch")]
-        logs += [
-            (c.log, c.rows) for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)
-        ]
-        keep = {"train": self.keep_train_row, "epoch": self.keep_epoch_row}
+        # Logs with a batch column have a row per optimisation step, the others per epoch.
         dropped = sum(
-            log.reload(keep[kind], self._log_snapshot(checkpoint, log)) for log, kind in logs
+            log.reload(
+                self.keep_train_row if "batch" in log.columns else self.keep_epoch_row,
+                self._log_snapshot(checkpoint, log),
+            )
+            for log in self.logs()
         )
         logger.info(
             "split-%d: resumed at epoch %d (batch %d of the next); trimmed %d log row(s) written "
