@@ -24,12 +24,18 @@ def saved_models(train: Mapping[str, Any]) -> list[str]:
     return models + [f"epoch-{e}" for e in train["save_epochs"] if e <= train["epochs"]]
 
 
-def model_epoch(maps: Maps, split: int, model: str) -> int:
-    """The epoch a saved model comes from, derived from the split's validation log."""
+def model_epoch(model: str, log: pd.DataFrame | None, source: Path) -> int:
+    """The epoch a saved model comes from, derived from its split's validation log.
+
+    ``log`` is that log as read from ``source`` (None when it is missing).
+    """
     kind, value = parse_model(model)
     if kind == "epoch":
         return int(value)
-    log = io.read_tsv(maps.split(split).validation_metrics.aggregated_tsv)
+    if log is None:
+        raise UserError(
+            f"missing {source}: it tells which epoch {model} comes from; train the split first"
+        )
     if kind == "final":
         return int(log["epoch"].max())
     from ..train.metrics import higher_is_better
@@ -117,16 +123,22 @@ def validate_checkpoints(
         },
     )
     frame = split_frame(maps_dir, split, "validation")
+    # Training's validation logs, each read once for all models.
+    logs = maps.split(split).validation_metrics
+    trained = io.read_tsv(logs.aggregated_tsv) if logs.aggregated_tsv.exists() else None
+    trained_details: pd.DataFrame | None = None
     written = []
     for model in models:
         target = maps.split(split).models.get(model)
         files = target.validation_metrics
-        epoch = model_epoch(maps, split, model)
+        epoch = model_epoch(model, trained, logs.aggregated_tsv)
         if _evaluated(files, target.model_pt, epoch):
             logger.info("split-%d %s: already evaluated, kept", split, model)
             written.append(files.aggregated_tsv)
             continue
-        found = _training_validation(maps, split, epoch)
+        if trained is not None and trained_details is None and logs.details_tsv.exists():
+            trained_details = io.read_tsv(logs.details_tsv)
+        found = _training_validation(trained, trained_details, epoch)
         if found is not None:
             aggregated, details = found
             logger.info(
@@ -158,7 +170,7 @@ def _evaluated(files: Any, model_pt: Path, epoch: int) -> bool:
 
 
 def _training_validation(
-    maps: Maps, split: int, epoch: int
+    aggregated: pd.DataFrame | None, details: pd.DataFrame | None, epoch: int
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """The rows training logged when it validated at ``epoch``, if it did.
 
@@ -167,12 +179,9 @@ def _training_validation(
     per-image predictions are exactly those rows: no need to start torch
     and predict again.
     """
-    logs = maps.split(split).validation_metrics
-    if not (logs.aggregated_tsv.exists() and logs.details_tsv.exists()):
+    if aggregated is None or details is None:
         return None
-    aggregated = io.read_tsv(logs.aggregated_tsv)
     aggregated = aggregated[aggregated["epoch"] == epoch]
-    details = io.read_tsv(logs.details_tsv)
     details = details[details["epoch"] == epoch]
     if len(aggregated) != 1 or details.empty:
         return None
