@@ -178,9 +178,9 @@ def maps_targets(maps):
 
 
 # Random search. Runs are sampled while the DAG is built (sampling is
-# torch-free and takes milliseconds), so every run's jobs join one DAG. This is
-# the workflow imports the sampler lazily: re-implementing it here would give
-# two sources of truth for what a seed samples.
+# torch-free and takes milliseconds), so every run's jobs join one DAG. The
+# workflow imports the package's sampler lazily: re-implementing it here would
+# give two sources of truth for what a seed samples.
 
 RANDOM_SEARCH = config["random_search"]
 RANDOM_SEARCH_JOBS = [f"job-{i}" for i in range(RANDOM_SEARCH["n_runs"])]

@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Any
 
-TASKS = ("classification", "regression")
-
 # train.metrics / train.monitor when the config leaves them null.
 DEFAULT_METRICS = {
     "classification": [

@@ -81,10 +81,10 @@ def compute(
     ``outputs`` are class probabilities (n, classes) for classification, or
     predictions (n,) for regression.
     """
-    from sklearn import metrics as skm  # imported here: 1.5-2 s that steps without metrics skip
-
     if outputs.ndim == 1:
         return _regression(names, labels, outputs, losses)
+    from sklearn import metrics as skm  # imported here: 1.5-2 s that steps without metrics skip
+
     probs = outputs
     predictions = probs.argmax(axis=1)
     n_classes = probs.shape[1]
