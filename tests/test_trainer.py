@@ -192,6 +192,23 @@ def test_checkpoint_event_follows_each_resume_checkpoint(tmp_path):
     assert all(end < checkpoint for end, checkpoint in zip(ends, checkpoints))
 
 
+def test_failed_checkpoint_write_is_raised_and_publishes_nothing(tmp_path, monkeypatch):
+    from snakemaps import io
+
+    trainer = make_trainer(tmp_path, [], epochs=1)
+    trainer.fit()
+    trainer.state.current_epoch = 1
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(io, "write_durable", disk_full)
+    trainer.write_checkpoint()
+    with pytest.raises(OSError, match=r"resume checkpoint .*epoch-1 failed: .*No space left"):
+        trainer.finish_checkpoint()
+    assert trainer.split_dir.tmp.epochs_list == []  # no half-written checkpoint to resume from
+
+
 def test_resume_checkpoint_from_another_configuration_is_refused(tmp_path):
     make_trainer(tmp_path, [], epochs=1, fingerprint="config-A").fit()
     trainer = make_trainer(tmp_path, [], epochs=2, fingerprint="config-A")
