@@ -142,6 +142,39 @@ def test_ad_signal_is_regional(cohort):
     assert abs(brain_gap) < mtl_gap / 5  # but hardly any whole-image difference
 
 
+def test_groups_are_written_by_separate_calls_with_the_same_bytes(cohort, tmp_path):
+    """The workflow writes each group in its own job: the files are those of one call."""
+    out, paths = cohort
+    for name in ("participants", "test"):
+        alone = generate_cohort(tmp_path / name, seed=0, groups=[name], **SMALL)
+        assert list(alone) == [name]
+        assert alone[name].read_bytes() == paths[name].read_bytes()
+        images = sorted(p.name for p in (tmp_path / name / "images").iterdir())
+        assert images == sorted(Path(i).name for i in read(paths[name]).image)
+        for image in read(paths[name]).image:
+            assert (tmp_path / name / image).read_bytes() == (out / image).read_bytes()
+
+
+def test_no_test_participants_writes_no_test_group(cohort, tmp_path):
+    _, paths = cohort
+    written = generate_cohort(tmp_path / "none", seed=0, **{**SMALL, "n_test_participants": 0})
+    assert list(written) == ["participants"]
+    assert not (tmp_path / "none" / "test.tsv").exists()
+    assert written["participants"].read_bytes() == paths["participants"].read_bytes()
+    assert (
+        generate_cohort(
+            tmp_path / "nothing", seed=0, groups=["test"], **{**SMALL, "n_test_participants": 0}
+        )
+        == {}
+    )
+
+
+def test_a_one_participant_test_group_is_refused_with_the_reason(tmp_path):
+    with pytest.raises(UserError, match=r"0 \(no test group\) or an integer >= 2.*single class"):
+        generate_cohort(tmp_path / "out", **{**SMALL, "n_test_participants": 1})
+    assert not (tmp_path / "out").exists()
+
+
 def test_effect_size_scales_a_medial_temporal_change(tmp_path):
     args = {**SMALL, "n_participants": 4, "n_test_participants": 2, "max_sessions": 1}
     plain = generate_cohort(tmp_path / "plain", effect_size=0.0, **args)

@@ -50,6 +50,22 @@ GPUS_PER_JOB = (
 )
 
 
+if SYNTHETIC:
+    from snakemaps.data.synthetic import check_test_count
+    from snakemaps.errors import UserError
+
+    try:
+        check_test_count(config["data"]["synthetic"]["n_test_participants"])
+    except UserError as error:
+        raise WorkflowError(str(error)) from None
+# The training cohort's generator does not see the held-out group's size.
+DEMO_TRAINING_COHORT = {
+    key: value
+    for key, value in config["data"]["synthetic"].items()
+    if key != "n_test_participants"
+}
+
+
 def test_groups():
     """Group name -> table. The demo adds its held-out participants as group "test"."""
     groups = dict(config["test"]["groups"])

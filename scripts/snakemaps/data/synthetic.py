@@ -107,6 +107,9 @@ CONTRAST_STD = 0.03
 T1_GM, T1_CSF = 0.65, 0.27
 
 
+GROUPS = ("participants", "test")
+
+
 def generated_paths(out_dir: str | Path) -> dict[str, Path]:
     """The TSVs that ``generate_cohort(out_dir, ...)`` writes (nothing is generated)."""
     out_dir = Path(out_dir)
@@ -122,40 +125,50 @@ def generate_cohort(
     seed: int = 0,
     effect_size: float = 1.0,
     noise: float = 0.05,
+    groups: Sequence[str] = GROUPS,
 ) -> dict[str, Path]:
-    """Write a synthetic AD/CN cohort to ``out_dir``; return the two TSV paths.
+    """Write a synthetic AD/CN cohort to ``out_dir``; return the TSV paths written.
+
+    ``groups`` chooses the tables to write (``participants``, ``test``, or both):
+    each group's participants and images do not depend on the other's, so the
+    workflow writes them in separate jobs. ``n_test_participants`` 0 means no
+    held-out group: no ``test.tsv`` is written.
 
     Images are written first and the TSVs last, each atomically, so a TSV that
     exists lists images that exist.
     """
     n_participants = _check_int("n_participants", n_participants, 4)
-    n_test_participants = _check_int("n_test_participants", n_test_participants, 2)
+    n_test_participants = check_test_count(n_test_participants)
     max_sessions = _check_int("max_sessions", max_sessions, 1)
     shape = _check_shape(shape)
     seed = _check_int("seed", seed, 0)
     effect_size = _check_float("effect_size", effect_size)
     noise = _check_float("noise", noise)
+    unknown = sorted(set(groups) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown synthetic group(s) {unknown}: choose from {list(GROUPS)}")
 
     out_dir = Path(out_dir)
     paths = generated_paths(out_dir)
     start = time.perf_counter()
     grid = _grid(shape)
-    groups = {
+    plans = {
         "participants": _plan_group(seed, 1, n_participants, max_sessions, group=0),
         "test": _plan_group(seed, n_participants + 1, n_test_participants, max_sessions, group=1),
     }
-    n_images = sum(len(p.sessions) for group in groups.values() for p in group)
+    # A test group of 0 participants is no group: it writes no test.tsv.
+    chosen = {name: plans[name] for name in GROUPS if name in groups and plans[name]}
+    n_images = sum(len(p.sessions) for plan in chosen.values() for p in plan)
     LOGGER.info(
-        "synthetic cohort: %d + %d participants, %d images of shape %s (%.2f mm voxels) in %s",
-        n_participants,
-        n_test_participants,
+        "synthetic cohort: %s, %d images of shape %s (%.2f mm voxels) in %s",
+        " + ".join(f"{len(plan)} {name}" for name, plan in chosen.items()) or "nothing to write",
         n_images,
         "x".join(map(str, shape)),
         grid.voxel_size,
         out_dir,
     )
     written = 0
-    for name, plan in groups.items():
+    for name, plan in chosen.items():
         rows = []
         for participant in plan:
             for session_id, age, mmse, image in _participant_images(
@@ -184,7 +197,7 @@ def generate_cohort(
                     )
         write_tsv(paths[name], _frame(rows))
         LOGGER.info("synthetic cohort: wrote %s (%d rows)", paths[name], len(rows))
-    return paths
+    return {name: paths[name] for name in chosen}
 
 
 # ----------------------------------------------------------------------------- validation
@@ -202,6 +215,20 @@ def _check_int(key: str, value: object, minimum: int) -> int:
         raise _bad(key, f"an integer >= {minimum}", value)
     if value < minimum:
         raise _bad(key, f"an integer >= {minimum}", value)
+    return int(value)
+
+
+def check_test_count(value: object) -> int:
+    """0 (no held-out group) or at least one participant per class."""
+    if value == 0 and not isinstance(value, bool):
+        return 0
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 2:
+        raise UserError(
+            f"data.synthetic.n_test_participants must be 0 (no test group) or an integer >= 2 "
+            f"(one AD and one CN participant at least: a group of one holds a single class, "
+            f"whose balanced accuracy and ROC AUC are undefined), got {value!r}: "
+            "fix data.synthetic.n_test_participants in the config"
+        )
     return int(value)
 
 
