@@ -236,3 +236,47 @@ def test_killed_training_job_then_killed_snakemake_resume_bit_identical(
         train_log.read_text()
     )
     assert_same_as_unbroken(broken, unbroken)
+
+
+def test_rerun_after_snakemake_alone_was_killed_waits_for_the_orphaned_training(
+    prepared, unbroken, tmp_path
+):
+    """Snakemake is SIGKILLed alone: its training job goes on without it (as SLURM jobs do).
+
+    The rerun, started at once, must not train the split a second time into the
+    same MAPS: its training job waits for the orphan, finds the split finished
+    and trains nothing; the MAPS and its logs equal those of an unbroken run.
+    """
+    broken = tmp_path / "broken"
+    shutil.copytree(prepared, broken, symlinks=True)
+    train_log = broken / "logs/results/maps/train_split-0.log"
+    process = start_and_wait_for(broken, "epoch-2")
+    [orphan] = job_pids(broken, "train.py")
+    os.kill(process.pid, signal.SIGKILL)  # Snakemake alone
+    process.wait(timeout=30)
+    os.kill(orphan, signal.SIGSTOP)  # held still, so that the rerun finds it training
+    try:
+        unlock = run_snakemake(broken, TARGET, "--unlock", config=CONFIG)
+        assert unlock.returncode == 0, unlock.stderr[-3000:]
+        rerun_out = tmp_path / "rerun.out"
+        with rerun_out.open("w") as out:
+            second = subprocess.Popen(
+                command(broken, "--rerun-incomplete"), stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 120
+        # The rerun's Snakemake removes the old log first (the orphan writes on unlinked).
+        while "is being trained by the job with pid" not in (
+            train_log.read_text() if train_log.exists() else ""
+        ):
+            assert second.poll() is None, rerun_out.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the rerun's training job did not wait"
+            time.sleep(0.05)
+        assert f"pid {orphan} on" in train_log.read_text()
+        assert len(job_pids(broken, "train.py")) == 2
+    finally:
+        os.kill(orphan, signal.SIGCONT)
+    assert second.wait(timeout=300) == 0, rerun_out.read_text()[-3000:]
+    log = train_log.read_text()
+    assert "was finished by the job this one waited for: nothing left to train" in log
+    assert log.count("resuming from checkpoint") == 0  # nobody trained the split twice
+    assert_same_as_unbroken(broken, unbroken)

@@ -51,7 +51,41 @@ def train_split(
     from the MAPS's ``model.json``; the data from the split manifest. If the
     run diverges or runs out of memory and ``failure_marker`` is given (random
     search), the reason is written there before the error is raised.
+
+    Only one job trains a split at a time (``snakemaps.ownership``): a job
+    that finds another one training it waits for it, and has nothing left to
+    do if that job finished the split meanwhile.
     """
+    from ..ownership import own_split
+
+    split_dir = Maps(maps_dir).split(split)
+    final = split_dir.models.final.model_pt
+    before = _stamp(final)
+    with own_split(split_dir.tmp.path, split) as ownership:
+        if ownership.waited_for is not None and final.exists() and _stamp(final) != before:
+            logger.info(
+                "split-%d was finished by the job this one waited for: nothing left to train",
+                split,
+            )
+            return final
+        return _train_split(maps_dir, split, train, threads, failure_marker)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _train_split(
+    maps_dir: str | Path,
+    split: int,
+    train: Mapping[str, Any],
+    threads: int,
+    failure_marker: str | Path | None,
+) -> Path:
     import torch
 
     from .. import io

@@ -31,6 +31,7 @@ import pandas as pd
 
 from .. import io
 from ..maps import Maps
+from ..ownership import keep_in_tmp
 from .metrics import higher_is_better
 
 if TYPE_CHECKING:
@@ -184,6 +185,12 @@ class ModelCheckpoint(Callback):
         return trainer.split_dir.tmp.path / "published"
 
     def on_train_end(self, trainer: Trainer, **_: Any) -> None:
+        # A published model deleted while training ran (a rerun's Snakemake clears
+        # the outputs of the job it starts, even one waiting for this one) comes back.
+        for name, path in self._outputs(trainer).items():
+            if not path.exists():
+                io.replace_link(self._kept(trainer) / name, path)
+                logger.info("restored %s, deleted while training ran", path)
         if self.save_last:
             trainer.save_model(trainer.split_dir.models.final.model_pt)
 
@@ -456,5 +463,13 @@ class ResumeCheckpoint(Callback):
             trainer.write_checkpoint()
 
     def on_train_end(self, trainer: Trainer, **_: Any) -> None:
-        shutil.rmtree(trainer.split_dir.tmp.path, ignore_errors=True)
-        trainer.split_dir.tmp.path.mkdir(parents=True, exist_ok=True)
+        # The split's owner record and lock stay until the training job lets go.
+        tmp = trainer.split_dir.tmp.path
+        tmp.mkdir(parents=True, exist_ok=True)
+        for entry in tmp.iterdir():
+            if keep_in_tmp(entry.name):
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
