@@ -461,11 +461,32 @@ def test_create_writes_the_root_files_and_is_idempotent(tmp_path):
     maps.create(**content)
     assert maps.model_json.stat().st_mtime_ns == stamp
     assert maps.open_file(maps.training.optimization_json) == {"num_epochs": 3}
-    maps.read()  # the root files alone already make a readable MAPS
+    # as in ClinicaDL, the MAPS is readable once the split step has written training/data/data.tsv
+    with pytest.raises(MapsError, match="training/data/data.tsv"):
+        maps.read()
+    maps.save_file(SUBJECTS, maps.training.data.data_tsv)
+    assert maps.read().training.splits_list == []
 
 
-# read() ---------------------------------------------------------------------------
+# read(strict=True) ---------------------------------------------------------------
 
+# What ClinicaDL's reader requires (its @mandatory paths) for the MAPS of complete_maps.
+MANDATORY = {
+    "model.json",
+    "metrics.json",
+    "callbacks.json",
+    "training/optimization.json",
+    "env/environment.txt",
+    "training/data/data.tsv",
+    *[
+        f"training/data/{subset}/split-{k}/{name}"
+        for k in (0, 1)
+        for subset in ("train", "validation")
+        for name in ("data.tsv", "dataset.json", "dataloader.json")
+    ],
+}
+
+# Everything ClinicaDL's trainer writes: what read(strict=True) requires.
 REQUIRED = [
     "model.json",
     "metrics.json",
@@ -516,18 +537,24 @@ def complete_maps(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("relative", REQUIRED)
-def test_read_names_each_missing_required_file(complete_maps, tmp_path, relative):
+def test_strict_read_names_each_missing_required_file(complete_maps, tmp_path, relative):
     import shutil
 
     root = Path(shutil.copytree(complete_maps, tmp_path / "maps"))
     maps = Maps(root)
-    assert maps.read() is maps
-    assert root / relative in maps.required_files()
+    assert maps.read(strict=True).path == root
+    assert root / relative in maps.required_files(strict=True)
+    assert (root / relative in maps.mandatory_files()) == (relative in MANDATORY)
     (root / relative).unlink()
     with pytest.raises(MapsError) as caught:
-        maps.read()
+        maps.read(strict=True)
     assert isinstance(caught.value, FileNotFoundError)
     assert str(root / relative) in str(caught.value)
+    if relative in MANDATORY:
+        with pytest.raises(MapsError, match=f"missing {root / relative}"):
+            maps.read()
+    else:  # only strict mode refuses it: the default read opens the MAPS and shows it absent
+        assert maps.read().path == root
 
 
 def test_read_optional_files_and_missing_dir(tmp_path):
@@ -538,7 +565,7 @@ def test_read_optional_files_and_missing_dir(tmp_path):
         "training/split-0/logs/learning_rates/Adam.tsv",
     ):
         (root / optional).unlink()
-    Maps(root).read()  # no env/ at all is fine, and the optional files may be absent
+    Maps(root).read(strict=True)  # no env/ at all is fine, and the optional files may be absent
     (root / "env").mkdir()
     with pytest.raises(MapsError, match="environment.txt"):
         Maps(root).read()
@@ -876,6 +903,7 @@ def test_status_json(status_maps, capsys):
         "state": "done",
         "epochs_done": 5,
         "num_epochs": 5,
+        "models": ["best-BalancedAccuracy", "best-MAE", "best-loss", "final"],
         "best": {
             "BalancedAccuracy": {"value": 0.8, "epoch": 2, "higher_is_better": True},
             "MAE": {"value": 1.0, "epoch": 3, "higher_is_better": False},
@@ -884,16 +912,18 @@ def test_status_json(status_maps, capsys):
         "resume_epoch": None,
         "final": True,
         "last_run": None,
+        "missing": [],
     }
     assert interrupted["state"] == "interrupted"
     assert (interrupted["epochs_done"], interrupted["resume_epoch"]) == (3, 3)
     assert interrupted["best"] == {"loss": {"value": 0.6, "epoch": 2, "higher_is_better": False}}
     assert interrupted["final"] is False
     assert facts["test_groups"] == [
-        {"group": "X", "results": [{"split": 0, "models": ["best-loss", "final"]}]}
+        {"group": "X", "results": [{"split": 0, "models": ["best-loss", "final"]}], "missing": []}
     ]
     assert facts["environment_txt"] is True
-    assert facts["missing_files"] == []
+    assert (facts["readable"], facts["complete"]) == (True, True)
+    assert facts["missing_files"] == facts["missing_mandatory"] == facts["missing_root"] == []
 
 
 def test_status_states_from_provenance(status_maps, capsys):

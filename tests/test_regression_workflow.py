@@ -32,7 +32,7 @@ def test_regression_writes_a_complete_maps(tmp_path):
     # The same cohort with the MMSE-like score as the target (generated once).
     result = run_snakemake(tmp_path, config=REGRESSION)
     assert result.returncode == 0, result.stderr[-5000:]
-    maps = Maps(tmp_path / "results" / "maps").read()
+    maps = Maps(tmp_path / "results" / "maps").read(strict=True)
     model = json.loads(maps.model_json.read_text())
     assert model["task"] == "regression" and model["classes"] is None
     assert model["loss"]["name_"] == "MSELoss"

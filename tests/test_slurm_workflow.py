@@ -100,7 +100,7 @@ class Run:
     checkpoints_before_stop: list[int]  # tmp/epoch-<e> of TIMED_OUT when it was paused
 
     def maps(self):
-        return Maps(self.workdir / "results/maps").read()
+        return Maps(self.workdir / "results/maps").read(strict=True)
 
     def train_log(self, split: int) -> str:
         """The rule's log: Snakemake empties it before each attempt, so the retry's only."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -21,7 +23,7 @@ def demo(tmp_path_factory):
 
 def test_complete_maps_opens_and_has_every_file(demo):
     workdir, _ = demo
-    maps = Maps(workdir / "results" / "maps").read()
+    maps = Maps(workdir / "results" / "maps").read(strict=True)
     assert maps.training.splits_list == [0, 1]
     assert maps.test.groups_list == ["test"]
     for k in (0, 1):
@@ -47,6 +49,30 @@ def test_complete_maps_opens_and_has_every_file(demo):
     assert lock.read_bytes() == (ROOT / "requirements.lock").read_bytes()
     summary = pd.read_csv(maps.test.groups["test"].summary_tsv("BalancedAccuracy"), sep="\t")
     assert list(summary["split"]) == ["0", "1", "mean", "std"]
+
+
+def test_completeness_check_fails_on_a_missing_file(demo, tmp_path):
+    """The strict check refuses the workflow's MAPS once a file it wrote is gone."""
+    import shutil
+
+    from snakemaps.maps import MapsError
+    from snakemaps.maps.__main__ import main as status_main
+
+    workdir, _ = demo
+    written = workdir / "results" / "maps"
+    maps_dir = Path(shutil.copytree(written, tmp_path / "maps"))
+    assert status_main([str(maps_dir), "--strict"]) == 0
+    for relative in (
+        "training/split-1/computational.json",
+        "test/group-test/results/split-0/final/metrics/details.tsv",
+    ):
+        (maps_dir / relative).unlink()
+        with pytest.raises(MapsError, match=f"missing {maps_dir / relative}"):
+            Maps(maps_dir).read(strict=True)
+        assert status_main([str(maps_dir), "--strict"]) == 1
+        assert Maps(maps_dir).read().path == maps_dir  # ClinicaDL's reader would still open it
+        shutil.copy2(written / relative, maps_dir / relative)
+    Maps(maps_dir).read(strict=True)
 
 
 def test_best_model_validation_matches_training_log(demo):

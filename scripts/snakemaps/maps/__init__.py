@@ -5,6 +5,12 @@
 and text files atomically; files shared by concurrent jobs are written under
 a lock. Names and formats follow ClinicaDL 2.0, so a ClinicaDL MAPS opens
 here and ours opens in ClinicaDL's ``Maps`` reader.
+
+``Maps(path).read()`` refuses exactly what ClinicaDL's reader refuses (its
+``@mandatory`` files, see ``mandatory_files``) and returns a view of the
+tree where every optional file that is absent reads as None;
+``read(strict=True)`` also requires every file ClinicaDL's trainer writes,
+which is how the workflow proves that a MAPS it wrote is complete.
 """
 
 from __future__ import annotations
@@ -59,9 +65,18 @@ class Maps:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._read = False  # True on the view read() returns: absent files are None
 
     def __repr__(self) -> str:
         return f"Maps({str(self.path)!r})"
+
+    def _file(self, name: str) -> Path | None:
+        path = self.path / name
+        return None if self._read and not path.is_file() else path
+
+    def _paths(self) -> Maps:
+        """This MAPS with every path built, present or not (what writers need)."""
+        return Maps(self.path) if self._read else self
 
     # Root files -----------------------------------------------------------
     @property
@@ -77,32 +92,32 @@ class Maps:
         return self.path / "callbacks.json"
 
     @property
-    def architecture_log(self) -> Path:
-        return self.path / "architecture.log"
+    def architecture_log(self) -> Path | None:
+        return self._file("architecture.log")
 
     @property
-    def nn_summary_txt(self) -> Path:
-        return self.path / "nn_summary.txt"
+    def nn_summary_txt(self) -> Path | None:
+        return self._file("nn_summary.txt")
 
     @property
-    def summary_log(self) -> Path:
-        return self.path / "summary.log"
+    def summary_log(self) -> Path | None:
+        return self._file("summary.log")
 
     @property
     def env(self) -> Env:
-        return Env(self.path / "env")
+        return Env(self.path / "env", read=self._read)
 
     @property
     def training(self) -> Training:
-        return Training(self.path / "training")
+        return Training(self.path / "training", read=self._read)
 
     @property
     def test(self) -> Test:
-        return Test(self.path / "test")
+        return Test(self.path / "test", read=self._read)
 
     @property
     def exec(self) -> Exec:
-        return Exec(self.path / "exec")
+        return Exec(self.path / "exec", read=self._read)
 
     def split(self, split: int) -> TrainingSplit:
         return self.training.splits[int(split)]
@@ -137,7 +152,7 @@ class Maps:
                 (self.model_json, model),
                 (self.metrics_json, metrics),
                 (self.callbacks_json, callbacks),
-                (self.training.optimization_json, optimization),
+                (self._paths().training.optimization_json, optimization),
             ):
                 if not path.exists() or io.read_json(path) != json.loads(io.json_text(content)):
                     io.write_json(path, content)
@@ -193,24 +208,53 @@ class Maps:
         return io.append_text_locked(path, text)
 
     # Reading and checking -------------------------------------------------
-    def required_files(self) -> list[Path]:
-        """Every file that ClinicaDL's reader requires for the tree as it is on disk."""
+    def mandatory_files(self) -> list[Path]:
+        """The files ClinicaDL 2.0's reader requires (its ``@mandatory`` paths), as on disk.
+
+        The root ``model.json``, ``metrics.json``, ``callbacks.json``;
+        ``training/optimization.json``; ``training/data/data.tsv``;
+        ``data.tsv``, ``dataset.json`` and ``dataloader.json`` of every
+        ``training/data/{train,validation}/split-<k>`` (and of both for every
+        ``training/split-<k>``); ``env/environment.txt`` when ``env/`` exists.
+        """
+        maps = self._paths()
+        data = maps.training.data
         required = [
-            self.model_json,
-            self.metrics_json,
-            self.callbacks_json,
-            self.training.optimization_json,
+            maps.model_json,
+            maps.metrics_json,
+            maps.callbacks_json,
+            maps.training.optimization_json,
+            data.data_tsv,
         ]
-        if self.env.exists():
-            required.append(self.env.environment_txt)
-        data = self.training.data
-        splits = self.training.splits_list
-        if splits:
-            required.append(data.data_tsv)
-        for k in splits:
-            for subset in (data.train.splits[k], data.validation.splits[k]):
-                required += [subset.data_tsv, subset.dataset_json, subset.dataloader_json]
-            split = self.split(k)
+        trained = set(maps.training.splits_list)
+        for subset in (data.train, data.validation):
+            for k in sorted(trained | set(subset.splits.keys())):
+                split = subset.splits[k]
+                required += [split.data_tsv, split.dataset_json, split.dataloader_json]
+        if maps.env.exists():
+            required.append(maps.env.environment_txt)
+        return required
+
+    def required_files(self, strict: bool = False) -> list[Path]:
+        """What ``read(strict=strict)`` requires for the tree as it is on disk.
+
+        ``strict=False``: ``mandatory_files()``. ``strict=True`` adds every
+        file ClinicaDL's trainer writes: per split (each split of
+        ``training/data`` included) ``computational.json``, ``summary.log``,
+        ``warning.log``, the training and computational logs, the validation
+        metrics, and ``model.pt`` with its validation metrics for every model
+        saved; per test group its data files and, for every result, its
+        ``computational.json`` and metrics.
+        """
+        required = self.mandatory_files()
+        if not strict:
+            return required
+        maps = self._paths()
+        data = maps.training.data
+        splits = set(maps.training.splits_list)
+        splits |= set(data.train.splits.keys()) | set(data.validation.splits.keys())
+        for k in sorted(splits):
+            split = maps.split(k)
             required += [
                 split.computational_json,
                 split.summary_log,
@@ -227,8 +271,8 @@ class Maps:
                     model.validation_metrics.aggregated_tsv,
                     model.validation_metrics.details_tsv,
                 ]
-        for group_name in self.test.groups_list:
-            group = self.test.groups[group_name]
+        for group_name in maps.test.groups_list:
+            group = maps.test.groups[group_name]
             required += [group.data_tsv, group.dataset_json, group.dataloader_json]
             for k in group.results.splits:
                 results = group.results.splits[k]
@@ -241,32 +285,55 @@ class Maps:
                     ]
         return required
 
-    def read(self) -> Maps:
-        """Check that the MAPS is complete; raise MapsError naming the first missing path."""
+    def missing_files(self, strict: bool = False) -> list[Path]:
+        """``required_files(strict)`` that are not on disk, in that order."""
+        if not self.training.path.is_dir():
+            return [self.training.path, *(p for p in self.mandatory_files() if not p.is_file())]
+        return [path for path in self.required_files(strict) if not path.is_file()]
+
+    def read(self, strict: bool = False) -> Maps:
+        """Check the MAPS and return a view of it where absent optional files are None.
+
+        Raises MapsError naming the first missing path: a file of
+        ``mandatory_files()`` (what ClinicaDL's reader refuses a MAPS for),
+        or with ``strict=True`` any file ClinicaDL's trainer writes
+        (``required_files(strict=True)``).
+        """
         if not self.path.is_dir():
             raise MapsError(f"MAPS directory not found: {self.path}")
-        missing = [path for path in self.required_files() if not path.is_file()]
+        missing = self.missing_files(strict)
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise MapsError(f"incomplete MAPS {self.path}: missing {missing[0]}{more}")
-        return self
+            if strict:
+                raise MapsError(
+                    f"incomplete MAPS {self.path}: missing {missing[0]}{more}; "
+                    "read(strict=True) requires every file ClinicaDL's trainer writes"
+                )
+            raise MapsError(
+                f"unreadable MAPS {self.path}: missing {missing[0]}{more}, "
+                "which ClinicaDL's reader requires"
+            )
+        view = Maps(self.path)
+        view._read = True
+        return view
 
     def delete_split(self, split: int) -> None:
         """Remove a split: its training dir, its data subsets and its test results."""
         split = int(split)
-        with io.locked(self.training.data.data_tsv):
+        maps = self._paths()
+        with io.locked(maps.training.data.data_tsv):
             for path in (
-                self.split(split).path,
-                self.training.data.train.splits[split].path,
-                self.training.data.validation.splits[split].path,
+                maps.split(split).path,
+                maps.training.data.train.splits[split].path,
+                maps.training.data.validation.splits[split].path,
             ):
                 shutil.rmtree(path, ignore_errors=True)
-            for group_name in self.test.groups_list:
+            for group_name in maps.test.groups_list:
                 shutil.rmtree(
-                    self.test.groups[group_name].results.splits[split].path, ignore_errors=True
+                    maps.test.groups[group_name].results.splits[split].path, ignore_errors=True
                 )
-            remaining = self.training.splits_list
-            data_tsv = self.training.data.data_tsv
+            remaining = maps.training.splits_list
+            data_tsv = maps.training.data.data_tsv
             if data_tsv.exists() and "split" in io.read_tsv(data_tsv).columns:
                 frame = io.read_tsv(data_tsv)
                 io.write_tsv(data_tsv, frame[frame["split"].isin(remaining)])
@@ -283,7 +350,7 @@ class Maps:
         if kind not in ("train", "validate", "test"):
             raise ValueError(f"run kind must be train, validate or test, not {kind!r}")
         started = started or _dt.datetime.now(_dt.timezone.utc)
-        run = self.exec.runs[f"{kind}_{started:%Y_%m_%d_%H_%M_%S}"]
+        run = self._paths().exec.runs[f"{kind}_{started:%Y_%m_%d_%H_%M_%S}"]
         full = {**default_provenance(), **record}
         with io.locked(run.provenance_json):
             records = io.read_json(run.provenance_json) if run.provenance_json.exists() else []

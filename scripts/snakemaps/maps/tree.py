@@ -6,6 +6,12 @@ Mirrors ``clinicadl.io.maps.Maps``: ``maps.training.splits[0].models
 (``splits[k]``, ``epochs[e]``, ``metrics[m]``, ``groups[g]``) builds the path
 whether or not it exists, so writers can use it; ``*_list`` and ``keys()``
 scan the disk.
+
+A tree reached from ``Maps.read()`` shows what is on disk instead: a file
+property is None when the file is absent (every part but ClinicaDL's
+mandatory files is optional), and a listing is empty when its directory is.
+Properties annotated ``Path`` are the mandatory files that ``read()``
+guarantees (for the splits on disk); ``Path | None`` ones are optional.
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ from .names import index_of, model_dir_name, validate_metric_name
 
 T = TypeVar("T")
 K = TypeVar("K")
+D = TypeVar("D", bound="Dir")
 
 
 class Dir:
-    """A directory of the MAPS tree."""
+    """A directory of the MAPS tree; ``read=True``: absent files read as None."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, read: bool = False) -> None:
         self.path = Path(path)
+        self._read = read
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.path)!r})"
@@ -35,19 +43,41 @@ class Dir:
     def exists(self) -> bool:
         return self.path.is_dir()
 
+    def _file(self, name: str) -> Path | None:
+        """``<dir>/<name>``; on a tree from ``read()``, None when that file is absent."""
+        path = self.path / name
+        return None if self._read and not path.is_file() else path
+
+    def _subdir(self, name: str) -> Path | None:
+        path = self.path / name
+        return None if self._read and not path.is_dir() else path
+
+    def _dir(self, cls: type[D], name: str) -> D:
+        return cls(self.path / name, read=self._read)
+
+    def _children(self, cls: Callable[..., T], prefix: str, numeric: bool) -> Children:
+        return Children(self.path, prefix, cls, numeric, read=self._read)
+
 
 class Children(Generic[K, T]):
     """``<dir>/<prefix>-<key>`` children, indexed by key, listed from disk."""
 
     def __init__(
-        self, parent: Path, prefix: str, factory: Callable[[Path], T], numeric: bool
+        self,
+        parent: Path,
+        prefix: str,
+        factory: Callable[..., T],
+        numeric: bool,
+        *,
+        read: bool = False,
     ) -> None:
         self._parent, self._prefix, self._factory, self._numeric = parent, prefix, factory, numeric
+        self._read = read
 
     def __getitem__(self, key: K) -> T:
         if self._prefix == "best":
             validate_metric_name(str(key))
-        return self._factory(self._parent / f"{self._prefix}-{key}")
+        return self._factory(self._parent / f"{self._prefix}-{key}", read=self._read)
 
     def keys(self) -> list[K]:
         if not self._parent.is_dir():
@@ -76,39 +106,42 @@ class Children(Generic[K, T]):
     def items(self) -> list[tuple[K, T]]:
         return [(key, self[key]) for key in self.keys()]
 
+    def values(self) -> list[T]:
+        return [self[key] for key in self.keys()]
+
 
 class MetricsFiles(Dir):
     """``aggregated.tsv`` and ``details.tsv``."""
 
     @property
-    def aggregated_tsv(self) -> Path:
-        return self.path / "aggregated.tsv"
+    def aggregated_tsv(self) -> Path | None:
+        return self._file("aggregated.tsv")
 
     @property
-    def details_tsv(self) -> Path:
-        return self.path / "details.tsv"
+    def details_tsv(self) -> Path | None:
+        return self._file("details.tsv")
 
 
 class ModelDir(Dir):
     """``best-<metric>``, ``epoch-<e>`` or ``final``: weights and their validation."""
 
     @property
-    def model_pt(self) -> Path:
-        return self.path / "model.pt"
+    def model_pt(self) -> Path | None:
+        return self._file("model.pt")
 
     @property
-    def warning_log(self) -> Path:
-        return self.path / "warning.log"
+    def warning_log(self) -> Path | None:
+        return self._file("warning.log")
 
     @property
     def validation_metrics(self) -> MetricsFiles:
-        return MetricsFiles(self.path / "validation_metrics")
+        return self._dir(MetricsFiles, "validation_metrics")
 
 
 class BestModels(Dir):
     @property
     def metrics(self) -> Children[str, ModelDir]:
-        return Children(self.path, "best", ModelDir, numeric=False)
+        return self._children(ModelDir, "best", False)
 
     @property
     def metrics_list(self) -> list[str]:
@@ -118,7 +151,7 @@ class BestModels(Dir):
 class Checkpoints(Dir):
     @property
     def epochs(self) -> Children[int, ModelDir]:
-        return Children(self.path, "epoch", ModelDir, numeric=True)
+        return self._children(ModelDir, "epoch", True)
 
     @property
     def epochs_list(self) -> list[int]:
@@ -128,15 +161,15 @@ class Checkpoints(Dir):
 class Models(Dir):
     @property
     def best_models(self) -> BestModels:
-        return BestModels(self.path / "best_models")
+        return self._dir(BestModels, "best_models")
 
     @property
     def checkpoints(self) -> Checkpoints:
-        return Checkpoints(self.path / "checkpoints")
+        return self._dir(Checkpoints, "checkpoints")
 
     @property
     def final(self) -> ModelDir:
-        return ModelDir(self.path / "final")
+        return self._dir(ModelDir, "final")
 
     def get(self, name: str) -> ModelDir:
         """The directory of ``best-<metric>``, ``epoch-<e>`` or ``final``."""
@@ -159,34 +192,34 @@ class TmpEpoch(Dir):
     """A resume checkpoint: ``tmp/epoch-<e>/``."""
 
     @property
-    def model_pt(self) -> Path:
-        return self.path / "model.pt"
+    def model_pt(self) -> Path | None:
+        return self._file("model.pt")
 
     @property
-    def optimizer_pt(self) -> Path:
-        return self.path / "optimizer.pt"
+    def optimizer_pt(self) -> Path | None:
+        return self._file("optimizer.pt")
 
     @property
-    def scaler_pt(self) -> Path:
-        return self.path / "scaler.pt"
+    def scaler_pt(self) -> Path | None:
+        return self._file("scaler.pt")
 
     @property
-    def state_json(self) -> Path:
-        return self.path / "state.json"
+    def state_json(self) -> Path | None:
+        return self._file("state.json")
 
     @property
-    def callbacks(self) -> Path:
-        return self.path / "callbacks"
+    def callbacks(self) -> Path | None:
+        return self._subdir("callbacks")
 
     @property
     def validation_metrics(self) -> MetricsFiles:
-        return MetricsFiles(self.path / "validation_metrics")
+        return self._dir(MetricsFiles, "validation_metrics")
 
 
 class Tmp(Dir):
     @property
     def epochs(self) -> Children[int, TmpEpoch]:
-        return Children(self.path, "epoch", TmpEpoch, numeric=True)
+        return self._children(TmpEpoch, "epoch", True)
 
     @property
     def epochs_list(self) -> list[int]:
@@ -195,51 +228,57 @@ class Tmp(Dir):
 
 class Logs(Dir):
     @property
-    def training_loss_tsv(self) -> Path:
-        return self.path / "training_loss.tsv"
+    def training_loss_tsv(self) -> Path | None:
+        return self._file("training_loss.tsv")
 
     @property
-    def computational_tsv(self) -> Path:
-        return self.path / "computational.tsv"
+    def computational_tsv(self) -> Path | None:
+        return self._file("computational.tsv")
 
     @property
-    def learning_rates(self) -> Path:
-        return self.path / "learning_rates"
+    def learning_rates(self) -> Path | None:
+        return self._subdir("learning_rates")
 
-    def learning_rate_tsv(self, optimizer: str) -> Path:
-        return self.learning_rates / f"{optimizer}.tsv"
+    @property
+    def learning_rates_list(self) -> list[str]:
+        """The optimizers with a ``learning_rates/<optimizer>.tsv``."""
+        folder = self.path / "learning_rates"
+        return sorted(p.stem for p in folder.glob("*.tsv")) if folder.is_dir() else []
+
+    def learning_rate_tsv(self, optimizer: str) -> Path | None:
+        return self._file(f"learning_rates/{optimizer}.tsv")
 
 
 class TrainingSplit(Dir):
     """``training/split-<k>/``: what training split k produced."""
 
     @property
-    def computational_json(self) -> Path:
-        return self.path / "computational.json"
+    def computational_json(self) -> Path | None:
+        return self._file("computational.json")
 
     @property
-    def summary_log(self) -> Path:
-        return self.path / "summary.log"
+    def summary_log(self) -> Path | None:
+        return self._file("summary.log")
 
     @property
-    def warning_log(self) -> Path:
-        return self.path / "warning.log"
+    def warning_log(self) -> Path | None:
+        return self._file("warning.log")
 
     @property
     def logs(self) -> Logs:
-        return Logs(self.path / "logs")
+        return self._dir(Logs, "logs")
 
     @property
     def models(self) -> Models:
-        return Models(self.path / "models")
+        return self._dir(Models, "models")
 
     @property
     def validation_metrics(self) -> MetricsFiles:
-        return MetricsFiles(self.path / "validation_metrics")
+        return self._dir(MetricsFiles, "validation_metrics")
 
     @property
     def tmp(self) -> Tmp:
-        return Tmp(self.path / "tmp")
+        return self._dir(Tmp, "tmp")
 
 
 class DataSplit(Dir):
@@ -261,7 +300,7 @@ class DataSplit(Dir):
 class DataSets(Dir):
     @property
     def splits(self) -> Children[int, DataSplit]:
-        return Children(self.path, "split", DataSplit, numeric=True)
+        return self._children(DataSplit, "split", True)
 
 
 class TrainingData(Dir):
@@ -270,17 +309,17 @@ class TrainingData(Dir):
         return self.path / "data.tsv"
 
     @property
-    def split_manifest_json(self) -> Path:
+    def split_manifest_json(self) -> Path | None:
         """Our addition: the split's parameters, participants and content hash."""
-        return self.path / "split_manifest.json"
+        return self._file("split_manifest.json")
 
     @property
     def train(self) -> DataSets:
-        return DataSets(self.path / "train")
+        return self._dir(DataSets, "train")
 
     @property
     def validation(self) -> DataSets:
-        return DataSets(self.path / "validation")
+        return self._dir(DataSets, "validation")
 
 
 class Training(Dir):
@@ -290,11 +329,11 @@ class Training(Dir):
 
     @property
     def data(self) -> TrainingData:
-        return TrainingData(self.path / "data")
+        return self._dir(TrainingData, "data")
 
     @property
     def splits(self) -> Children[int, TrainingSplit]:
-        return Children(self.path, "split", TrainingSplit, numeric=True)
+        return self._children(TrainingSplit, "split", True)
 
     @property
     def splits_list(self) -> list[int]:
@@ -305,30 +344,30 @@ class TestResult(Dir):
     """``test/group-<g>/results/split-<k>/<model>/``."""
 
     @property
-    def computational_json(self) -> Path:
-        return self.path / "computational.json"
+    def computational_json(self) -> Path | None:
+        return self._file("computational.json")
 
     @property
-    def warning_log(self) -> Path:
-        return self.path / "warning.log"
+    def warning_log(self) -> Path | None:
+        return self._file("warning.log")
 
     @property
     def metrics(self) -> MetricsFiles:
-        return MetricsFiles(self.path / "metrics")
+        return self._dir(MetricsFiles, "metrics")
 
 
 class TestSplitResults(Dir):
     @property
     def models(self) -> _ModelResults:
-        return _ModelResults(self.path)
+        return _ModelResults(self.path, read=self._read)
 
 
 class _ModelResults:
-    def __init__(self, path: Path) -> None:
-        self._path = path
+    def __init__(self, path: Path, *, read: bool = False) -> None:
+        self._path, self._read = path, read
 
     def __getitem__(self, name: str) -> TestResult:
-        return TestResult(self._path / model_dir_name(name))
+        return TestResult(self._path / model_dir_name(name), read=self._read)
 
     def keys(self) -> list[str]:
         if not self._path.is_dir():
@@ -342,37 +381,37 @@ class _ModelResults:
 class TestResults(Dir):
     @property
     def splits(self) -> Children[int, TestSplitResults]:
-        return Children(self.path, "split", TestSplitResults, numeric=True)
+        return self._children(TestSplitResults, "split", True)
 
 
 class TestGroup(Dir):
     """``test/group-<name>/``."""
 
     @property
-    def data_tsv(self) -> Path:
-        return self.path / "data.tsv"
+    def data_tsv(self) -> Path | None:
+        return self._file("data.tsv")
 
     @property
-    def dataset_json(self) -> Path:
-        return self.path / "dataset.json"
+    def dataset_json(self) -> Path | None:
+        return self._file("dataset.json")
 
     @property
-    def dataloader_json(self) -> Path:
-        return self.path / "dataloader.json"
+    def dataloader_json(self) -> Path | None:
+        return self._file("dataloader.json")
 
     @property
     def results(self) -> TestResults:
-        return TestResults(self.path / "results")
+        return self._dir(TestResults, "results")
 
-    def summary_tsv(self, metric: str) -> Path:
+    def summary_tsv(self, metric: str) -> Path | None:
         """Our addition: per-split values with mean and std for ``best-<metric>``."""
-        return self.path / f"summary-{validate_metric_name(metric)}.tsv"
+        return self._file(f"summary-{validate_metric_name(metric)}.tsv")
 
 
 class Test(Dir):
     @property
     def groups(self) -> Children[str, TestGroup]:
-        return Children(self.path, "group", TestGroup, numeric=False)
+        return self._children(TestGroup, "group", False)
 
     @property
     def groups_list(self) -> list[str]:
@@ -381,45 +420,45 @@ class Test(Dir):
 
 class Env(Dir):
     @property
-    def environment_txt(self) -> Path:
-        return self.path / "environment.txt"
+    def environment_txt(self) -> Path | None:
+        return self._file("environment.txt")
 
     @property
-    def environment_yml(self) -> Path:
-        return self.path / "environment.yml"
+    def environment_yml(self) -> Path | None:
+        return self._file("environment.yml")
 
     @property
-    def environment_portable_yml(self) -> Path:
-        return self.path / "environment_portable.yml"
+    def environment_portable_yml(self) -> Path | None:
+        return self._file("environment_portable.yml")
 
     @property
-    def system_json(self) -> Path:
+    def system_json(self) -> Path | None:
         """Our addition: GPU, driver, CUDA and cuDNN facts."""
-        return self.path / "system.json"
+        return self._file("system.json")
 
 
 class ExecRun(Dir):
     """``exec/run-<kind>_YYYY_MM_DD_HH_MM_SS/``."""
 
     @property
-    def debug_log(self) -> Path:
-        return self.path / "debug.log"
+    def debug_log(self) -> Path | None:
+        return self._file("debug.log")
 
     @property
-    def error_log(self) -> Path:
-        return self.path / "error.log"
+    def error_log(self) -> Path | None:
+        return self._file("error.log")
 
     @property
-    def info_log(self) -> Path:
-        return self.path / "info.log"
+    def info_log(self) -> Path | None:
+        return self._file("info.log")
 
     @property
-    def provenance_json(self) -> Path:
+    def provenance_json(self) -> Path | None:
         """Our addition: who ran what, where, with which config and code."""
-        return self.path / "provenance.json"
+        return self._file("provenance.json")
 
 
 class Exec(Dir):
     @property
     def runs(self) -> Children[str, ExecRun]:
-        return Children(self.path, "run", ExecRun, numeric=False)
+        return self._children(ExecRun, "run", False)
