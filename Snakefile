@@ -26,3 +26,7 @@ rule all:
     input:
         maps_targets(MAPS_DIR),
         report_targets(MAPS_DIR),
+
+
+onstart:
+    check_slurm_requests()

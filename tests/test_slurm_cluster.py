@@ -199,3 +199,92 @@ def test_toy_workflow_runs_through_slurm(slurm_cluster, tmp_path: Path) -> None:
         if a[0] < b[1] and b[0] < a[1]
     ]
     assert overlaps, f"no two jobs ran at the same time: {first_wave}"
+
+
+DEMO = {
+    "data": {
+        "synthetic": {
+            "n_participants": 16,
+            "n_test_participants": 6,
+            "n_sessions": 2,
+            "shape": [24, 28, 24],
+        }
+    },
+    "split": {"n_splits": 2},
+    "train": {"epochs": 2, "batch_size": 4},
+}
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"),
+    [
+        (
+            "profile as shipped",
+            (
+                r"rule train \(maps=results/maps, split=\d\) asks SLURM for 4 CPUs, 16000 MB of "
+                r"memory on one node of partition 'debug', but its largest node \(\S+\) has "
+                r"\d+ CPUs, \d+ MB and GPUs: 1 fake: SLURM would leave it pending for ever\. "
+                r"Lower `set-threads: train \(CPUs per job\)` in profiles/slurm/config\.yaml"
+            ),
+        ),
+        (
+            "unknown partition",
+            (
+                r"asks for SLURM partition 'nosuch', which this cluster does not have "
+                r"\(sinfo lists: debug\)\. Set SNAKEMAPS_SLURM_PARTITION"
+            ),
+        ),
+        (
+            "unknown GPU type",
+            (
+                r"rule train \(.*\) asks for GPU type 'a100', which no node of partition 'debug' "
+                r"has \(GPU types there: fake\)\. Change `set-resources: train: gpu_model`"
+            ),
+        ),
+        (
+            "too many GPUs",
+            (
+                r"asks SLURM for 1 CPU, 300 MB of memory, 2 GPUs on one node of partition "
+                r"'debug'.*Lower `set-resources: train: gpu / gpu_model`"
+            ),
+        ),
+    ],
+)
+def test_a_request_slurm_can_never_start_stops_the_run_before_any_sbatch(
+    slurm_cluster, tmp_path: Path, case: str, expected: str
+) -> None:
+    import yaml
+
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(DEMO))
+    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
+    env["SNAKEMAPS_SLURM_PARTITION"] = "nosuch" if case == "unknown partition" else PARTITION
+    overrides = [] if case == "profile as shipped" else _profile_overrides()
+    if case == "unknown GPU type":
+        overrides += ["train:gpu=1", "train:gpu_model='a100'"]
+    if case == "too many GPUs":
+        overrides += ["train:gpu=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--profile",
+        "profiles/slurm",
+        "--directory",
+        str(tmp_path),
+        "--configfile",
+        "config/config.yaml",
+        str(tmp_path / "demo.yaml"),
+        *overrides,
+    ]
+    start = time.monotonic()
+    proc = subprocess.run(
+        cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
+    wall = time.monotonic() - start
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0, log[-5000:]
+    assert "SLURM could never start these jobs (nothing was submitted)" in log, log[-5000:]
+    assert re.search(expected, log), log[-5000:]
+    assert wall < 60, wall
+    assert not (tmp_path / ".snakemake" / "slurm_logs").exists()  # no sbatch
+    assert not (tmp_path / "results").exists()  # no step ran, no MAPS file written

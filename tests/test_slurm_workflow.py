@@ -195,7 +195,15 @@ def test_demo_maps_complete_through_slurm(run):
     records = [
         r for name in maps.exec.runs for r in maps.open_file(maps.exec.runs[name].provenance_json)
     ]
-    assert records and all(r["slurm_job_id"] for r in records), records  # all in SLURM jobs
+    # training and test ran in SLURM jobs; the small steps on the submit host
+    submitted = [r for r in records if r["step"].startswith(("train ", "test "))]
+    assert submitted and all(r["slurm_job_id"] for r in submitted), records
+    assert all(not r["slurm_job_id"] for r in records if r not in submitted), records
+    rules = sorted(p.name for p in (run.workdir / ".snakemake/slurm_logs").iterdir())
+    assert rules == ["rule_test", "rule_train"], rules
+    # one sbatch per train and test job, plus the retries of the two faults
+    submissions = re.findall(r"has been submitted with SLURM jobid", run.output)
+    assert len(submissions) == 2 + 2 + 2, run.output[-5000:]
     for split in (CANCELLED, TIMED_OUT):
         assert len(maps.open_file(maps.split(split).validation_metrics.aggregated_tsv)) == 8
         assert checkpoints(split, run.workdir) == []

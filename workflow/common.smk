@@ -305,3 +305,73 @@ def warn_if_environment_changed(maps):
             f"{maps}/env/environment.txt: {shown}",
             file=sys.stderr,
         )
+
+
+# Steps that need no GPU and take seconds run on the host that runs Snakemake,
+# whatever the executor: under profiles/slurm only train and test jobs are
+# submitted. SNAKEMAPS_SUBMIT="validate,environment" submits those rules too.
+LOCAL_RULES = [
+    "all",
+    "generate_demo",
+    "generate_demo_test",
+    "prepare",
+    "split",
+    "validate",
+    "register_test_group",
+    "summarize_test",
+    "environment",
+    "random_search",
+    "sample_random_search",
+    "analyse_random_search",
+    "report_random_search",
+    "report_learning_curves",
+    "report_test_metrics",
+    "report_test_figure",
+    "report_environment",
+]
+SUBMITTED = {
+    name.strip()
+    for name in os.environ.get("SNAKEMAPS_SUBMIT", "").split(",")
+    if name.strip()
+}
+if SUBMITTED - set(LOCAL_RULES):
+    raise WorkflowError(
+        f"SNAKEMAPS_SUBMIT names {sorted(SUBMITTED - set(LOCAL_RULES))}, which are not "
+        f"rules that run locally; choose from {LOCAL_RULES} (train and test are always "
+        "submitted)."
+    )
+workflow.localrules(*(name for name in LOCAL_RULES if name not in SUBMITTED))
+
+
+def check_slurm_requests():
+    """Stop before the first sbatch if SLURM could never start one of the jobs."""
+    plugin = workflow.executor_plugin
+    if plugin is None or plugin.cli_prefix != "slurm":
+        return
+    import subprocess
+
+    from snakemaps.slurm import (
+        impossible,
+        profile_partition,
+        query_partitions,
+        request_of,
+    )
+
+    try:
+        partitions, default = query_partitions()
+    except (OSError, subprocess.SubprocessError) as error:
+        print(
+            f"WARNING: could not check job requests with sinfo: {error}",
+            file=sys.stderr,
+        )
+        return
+    jobs = [job for job in workflow.dag.needrun_jobs() if not job.is_local]
+    # Default resources are not evaluated before a job's inputs exist: read the
+    # partition the profile gives every job from its expression.
+    given = profile_partition(workflow.resource_settings.default_resources.args)
+    problems = impossible((request_of(job, given) for job in jobs), partitions, default)
+    if problems:
+        raise WorkflowError(
+            "SLURM could never start these jobs (nothing was submitted):\n- "
+            + "\n- ".join(problems)
+        )
