@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import training, workflow
+from benchmarks import slurm, training, workflow
 from benchmarks.common import (
     Result,
     fmt,
@@ -29,7 +29,7 @@ from benchmarks.common import (
     temp_dir,
 )
 
-ALL = ("startup", "trainer", "ablation", "workflow", "resume", "dag", "gpu")
+ALL = ("startup", "trainer", "ablation", "workflow", "resume", "dag", "slurm", "gpu")
 
 # Sizes per mode: quick must finish in < 5 minutes on 2 CPU cores.
 PLANS = {
@@ -46,6 +46,7 @@ PLANS = {
         "dag_runs": [100, 1000],
         "dag_single_job_runs": [100],
         "dag_timeout": 20.0,
+        "slurm_epochs": 2,
         "gpu_steps": 20,
     },
     "full": {
@@ -61,6 +62,7 @@ PLANS = {
         "dag_runs": [100, 1000, 5000],
         "dag_single_job_runs": [100, 1000],
         "dag_timeout": 300.0,
+        "slurm_epochs": 4,
         "gpu_steps": 100,
     },
 }
@@ -112,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         if "startup" in args.only:
             log("start-up costs (fresh python per import)")
             results += workflow.startup_costs(plan["startup_reps"], log)
-        needs_cohort = {"trainer", "ablation", "workflow", "resume", "gpu"} & set(args.only)
+        needs_cohort = {"trainer", "ablation", "workflow", "resume", "slurm", "gpu"} & set(
+            args.only
+        )
         cohort = make_cohort(cohort_dir) if needs_cohort else {}
         if "trainer" in args.only:
             log("trainer vs plain loop, checkpoint cost, data loading (in process)")
@@ -145,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             results += workflow.dag_benchmark(
                 plan["dag_runs"], plan["dag_single_job_runs"], plan["dag_timeout"], log
             )
+        if "slurm" in args.only:
+            log("the demo through SLURM vs locally (needs tests/slurm/up.sh's cluster)")
+            results += slurm.slurm_vs_local(cohort, plan["slurm_epochs"], log)
         if "gpu" in args.only:
             log("GPU: AMP + channels_last_3d + pinned + non_blocking vs fp32")
             with temp_dir("gpu") as work:
