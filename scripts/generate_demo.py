@@ -1,4 +1,7 @@
-"""Rule generate_demo: the synthetic AD/CN cohort (participants.tsv, test.tsv, NIfTI images)."""
+"""Rule generate_demo: one table of the synthetic AD/CN cohort (participants.tsv or test.tsv).
+
+The NIfTI images of that table's participants go to ``images/`` beside it.
+"""
 
 from pathlib import Path
 
@@ -11,9 +14,11 @@ def main(smk):
     run_step(
         smk,
         generate_cohort,
-        out_dir=Path(smk.output.participants).parent,
+        out_dir=Path(smk.output.table).parent,
+        parts=[smk.wildcards.part],
         n_participants=synthetic["n_participants"],
-        n_test_participants=synthetic["n_test_participants"],
+        # Left out of the training cohort's params: that table does not depend on it.
+        n_test_participants=synthetic.get("n_test_participants", 0),
         max_sessions=synthetic["n_sessions"],
         shape=tuple(synthetic["shape"]),
         seed=synthetic["seed"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,31 @@ def run_snakemake(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         check=False,
     )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Rule -> jobs from the "Job stats" table Snakemake prints ({} when nothing is planned)."""
+    counts: dict[str, int] = {}
+    lines = output.splitlines()
+    if "Job stats:" not in lines:
+        return counts
+    for line in lines[lines.index("Job stats:") + 3 :]:
+        rule, _, count = line.rpartition(" ")
+        if rule.strip() == "total" or not count.isdigit():
+            break
+        counts[rule.strip()] = int(count)
+    return counts
+
+
+def planned_jobs(workdir: Path, config: dict, group: str | None = None, *args: str) -> dict:
+    """Rule -> jobs a dry run plans; with ``group``, checks that no other group's job is planned."""
+    result = run_snakemake(workdir, "-n", *args, config=config)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    if group is not None:
+        groups = set(re.findall(r"\bgroup=([A-Za-z0-9]+)", output))
+        assert groups <= {group}, f"jobs of other groups planned: {groups - {group}}"
+    return job_counts(output)
 
 
 def write_table(

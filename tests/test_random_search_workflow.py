@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import TINY, run_snakemake
+from conftest import TINY, planned_jobs, run_snakemake
 from snakemaps.search.sampling import sample_runs
 
 pytestmark = pytest.mark.workflow
@@ -88,3 +88,23 @@ def test_more_runs_keep_earlier_runs_unchanged(search):
     assert "maps=results/random_search/job-1/maps" not in planned  # no job of job-1 reruns
     assert sample_runs(SPACE, 3, seed)[:2] == sample_runs(SPACE, 2, seed)
     assert (launch / "job-1" / "options.json").read_text() == before
+
+
+def test_every_run_is_tested_and_a_new_group_retrains_nothing(search):
+    workdir, seed, _ = search
+    launch = workdir / "results" / "random_search"
+    summary = launch / "job-1/maps/test/group-test/summary-BalancedAccuracy.tsv"
+    assert list(pd.read_csv(summary, sep="\t")["split"]) == ["0", "1", "mean", "std"]
+    assert not (launch / "job-0/maps/test/group-test/results").exists()  # failed: no models
+    with_group = config(2, seed) | {
+        "test": {"groups": {"again": "results/data/synthetic/test.tsv"}}
+    }
+    planned = planned_jobs(workdir, with_group, "again", "random_search")
+    # Only the run that did not fail has models to evaluate.
+    assert planned == {
+        "prepare": 1,
+        "register_test_group": 1,
+        "test": 2,
+        "summarize_test": 1,
+        "random_search": 1,
+    }

@@ -127,6 +127,23 @@ def test_same_seed_same_files_other_seed_other_data(cohort, tmp_path):
     assert not np.array_equal(first, voxels(paths["participants"])[0])
 
 
+def test_each_part_alone_gives_the_same_files(cohort, tmp_path):
+    """The workflow writes the training cohort and the held-out group in two jobs."""
+    out, paths = cohort
+    # The training cohort does not depend on the size of the held-out group.
+    alone = generate_cohort(
+        tmp_path / "train", seed=0, parts=["participants"], **{**SMALL, "n_test_participants": 2}
+    )
+    assert list(alone) == ["participants"]
+    assert not (tmp_path / "train" / "test.tsv").exists()
+    assert alone["participants"].read_bytes() == paths["participants"].read_bytes()
+    test = generate_cohort(tmp_path / "test", seed=0, parts=["test"], **SMALL)
+    assert list(test) == ["test"] and test["test"].read_bytes() == paths["test"].read_bytes()
+    for name, folder in (("participants", "train"), ("test", "test")):
+        image = read(paths[name]).image.iloc[-1]
+        assert (tmp_path / folder / image).read_bytes() == (out / image).read_bytes()
+
+
 def test_ad_signal_is_regional(cohort):
     _, paths = cohort
     frame = pd.concat([read(path).assign(root=path.parent) for path in paths.values()])

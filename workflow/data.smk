@@ -2,15 +2,18 @@
 
 
 rule generate_demo:
+    # One job per table: participants (training) or test (the held-out group), so
+    # that changing the held-out group leaves the training cohort untouched.
     output:
-        participants="{data}/synthetic/participants.tsv",
-        test="{data}/synthetic/test.tsv",
+        table="{data}/synthetic/{part}.tsv",
     log:
-        "{data}/logs/generate_demo.log",
+        "{data}/logs/generate_demo_{part}.log",
+    wildcard_constraints:
+        part="participants|test",
     conda:
         "../envs/snakemaps.yaml"
     params:
-        synthetic=config["data"]["synthetic"],
+        synthetic=demo_params,
     script:
         "../scripts/generate_demo.py"
 

@@ -122,14 +122,23 @@ def generate_cohort(
     seed: int = 0,
     effect_size: float = 1.0,
     noise: float = 0.05,
+    parts: Sequence[str] = ("participants", "test"),
 ) -> dict[str, Path]:
-    """Write a synthetic AD/CN cohort to ``out_dir``; return the two TSV paths.
+    """Write a synthetic AD/CN cohort to ``out_dir``; return the TSV path of each part.
 
-    Images are written first and the TSVs last, each atomically, so a TSV that
-    exists lists images that exist.
+    ``parts`` chooses the tables written: ``participants`` (the training
+    cohort) and ``test`` (the held-out group). A participant's images depend
+    only on the seed and their index, so the training cohort is the same
+    whatever ``n_test_participants`` is, and the two parts can be written by
+    separate calls. Images are written first and the TSVs last, each
+    atomically, so a TSV that exists lists images that exist.
     """
+    unknown = sorted(set(parts) - {"participants", "test"})
+    if unknown or not parts:
+        raise ValueError(f"parts must be a non-empty subset of participants, test; got {parts}")
     n_participants = _check_int("n_participants", n_participants, 4)
-    n_test_participants = _check_int("n_test_participants", n_test_participants, 2)
+    if "test" in parts:
+        n_test_participants = _check_int("n_test_participants", n_test_participants, 2)
     max_sessions = _check_int("max_sessions", max_sessions, 1)
     shape = _check_shape(shape)
     seed = _check_int("seed", seed, 0)
@@ -137,18 +146,21 @@ def generate_cohort(
     noise = _check_float("noise", noise)
 
     out_dir = Path(out_dir)
-    paths = generated_paths(out_dir)
+    paths = {name: path for name, path in generated_paths(out_dir).items() if name in parts}
     start = time.perf_counter()
     grid = _grid(shape)
+    first_index = {"participants": 1, "test": n_participants + 1}
+    counts = {"participants": n_participants, "test": n_test_participants}
     groups = {
-        "participants": _plan_group(seed, 1, n_participants, max_sessions, group=0),
-        "test": _plan_group(seed, n_participants + 1, n_test_participants, max_sessions, group=1),
+        name: _plan_group(seed, first_index[name], counts[name], max_sessions, group=g)
+        for g, name in enumerate(("participants", "test"))
+        if name in paths
     }
     n_images = sum(len(p.sessions) for group in groups.values() for p in group)
     LOGGER.info(
-        "synthetic cohort: %d + %d participants, %d images of shape %s (%.2f mm voxels) in %s",
-        n_participants,
-        n_test_participants,
+        "synthetic cohort: %s (%s participants), %d images of shape %s (%.2f mm voxels) in %s",
+        " + ".join(groups),
+        " + ".join(str(len(group)) for group in groups.values()),
         n_images,
         "x".join(map(str, shape)),
         grid.voxel_size,
