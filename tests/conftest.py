@@ -87,11 +87,17 @@ def job_counts(output: str) -> dict[str, int]:
     return counts
 
 
-def planned_jobs(workdir: Path, config: dict, group: str | None = None, *args: str) -> dict:
-    """Rule -> jobs a dry run plans; with ``group``, checks that no other group's job is planned."""
+def dry_run(workdir: Path, config: dict, *args: str) -> str:
+    """The output of ``snakemake -n``, which must succeed."""
     result = run_snakemake(workdir, "-n", *args, config=config)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
+    return output
+
+
+def planned_jobs(workdir: Path, config: dict, group: str | None = None, *args: str) -> dict:
+    """Rule -> jobs a dry run plans; with ``group``, checks that no other group's job is planned."""
+    output = dry_run(workdir, config, *args)
     if group is not None:
         groups = set(re.findall(r"\bgroup=([A-Za-z0-9]+)", output))
         assert groups <= {group}, f"jobs of other groups planned: {groups - {group}}"
