@@ -74,17 +74,12 @@ def run_snakemake(
 
 
 def job_counts(output: str) -> dict[str, int]:
-    """Rule -> jobs from the "Job stats" table Snakemake prints ({} when nothing is planned)."""
-    counts: dict[str, int] = {}
-    lines = output.splitlines()
-    if "Job stats:" not in lines:
-        return counts
-    for line in lines[lines.index("Job stats:") + 3 :]:
-        rule, _, count = line.rpartition(" ")
-        if rule.strip() == "total" or not count.isdigit():
-            break
-        counts[rule.strip()] = int(count)
-    return counts
+    """Snakemake's "Job stats" table (rule -> number of jobs) in ``output``; {} if none."""
+    if "Job stats:\n" not in output:
+        return {}
+    table = output.split("Job stats:\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[2:]]  # after the header and rule
+    return {rule: int(count) for rule, count in rows if rule != "total"}
 
 
 def dry_run(workdir: Path, config: dict, *args: str) -> str:
