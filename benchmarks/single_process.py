@@ -49,7 +49,6 @@ def main(config_path: str, threads: int) -> None:
     create_maps(
         maps,
         manifests["train"],
-        {g: manifests[f"group-{g}"] for g in groups},
         split=config["split"],
         model=config["model"],
         train=train,

@@ -124,19 +124,17 @@ def prepare_maps(work: Path, cohort: Mapping[str, Path], epochs: int) -> dict[st
     from snakemaps.experiment import create_maps
 
     config = full_config(overlay(cohort, epochs))
-    manifests = {}
-    for name, table, key in (
-        ("train", cohort["participants"], "data.tsv"),
-        ("group-test", cohort["test"], "test.groups.test"),
-    ):
-        cache = work / "data" / "cache" / name
-        manifests[name] = prepare_cache(
-            table, cache / "tensors", cache / "manifest.tsv", label="label", key=key
-        )
+    cache = work / "data" / "cache" / "train"
+    manifest = prepare_cache(
+        cohort["participants"],
+        cache / "tensors",
+        cache / "manifest.tsv",
+        label="label",
+        key="data.tsv",
+    )
     create_maps(
         work / "maps",
-        manifests["train"],
-        {"test": manifests["group-test"]},
+        manifest,
         split=config["split"],
         model=config["model"],
         train=config["train"],

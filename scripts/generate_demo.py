@@ -1,7 +1,6 @@
-"""Rules generate_demo and generate_demo_test: the synthetic AD/CN cohort.
+"""Rule generate_demo: one table of the synthetic AD/CN cohort (participants.tsv or test.tsv).
 
-generate_demo writes participants.tsv (the training cohort), generate_demo_test
-writes test.tsv (the held-out group), each with its NIfTI images.
+The NIfTI images of that table's participants go to ``images/`` beside it.
 """
 
 from pathlib import Path
@@ -15,15 +14,15 @@ def main(smk):
     run_step(
         smk,
         generate_cohort,
-        out_dir=Path(smk.output[0]).parent,
+        out_dir=Path(smk.output.table).parent,
+        parts=[smk.wildcards.part],
         n_participants=synthetic["n_participants"],
-        # The training job's params leave the held-out count out (it does not change them).
+        # Left out of the training cohort's params: that table does not depend on it.
         n_test_participants=synthetic.get("n_test_participants", 0),
         max_sessions=synthetic["n_sessions"],
         shape=tuple(synthetic["shape"]),
         seed=synthetic["seed"],
         effect_size=synthetic["effect_size"],
-        groups=smk.params.groups,
     )
 
 

@@ -7,13 +7,11 @@ from snakemaps.steps import run_step
 
 
 def main(smk):
-    tests = dict(zip(smk.params.groups, smk.input.tests))
     run_step(
         smk,
         create_maps,
         maps_dir=Path(smk.output.model).parent,
         manifest=smk.input.manifest,
-        test_manifests=tests,
         split=smk.params.split,
         model=smk.params.model,
         train=smk.params.train,

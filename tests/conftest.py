@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -70,6 +71,32 @@ def run_snakemake(
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         check=False,
     )
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Snakemake's "Job stats" table (rule -> number of jobs) in ``output``; {} if none."""
+    if "Job stats:\n" not in output:
+        return {}
+    table = output.split("Job stats:\n", 1)[1].split("\n\n", 1)[0]
+    rows = [line.split() for line in table.splitlines()[2:]]  # after the header and rule
+    return {rule: int(count) for rule, count in rows if rule != "total"}
+
+
+def dry_run(workdir: Path, config: dict, *args: str) -> str:
+    """The output of ``snakemake -n``, which must succeed."""
+    result = run_snakemake(workdir, "-n", *args, config=config)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    return output
+
+
+def planned_jobs(workdir: Path, config: dict, group: str | None = None, *args: str) -> dict:
+    """Rule -> jobs a dry run plans; with ``group``, checks that no other group's job is planned."""
+    output = dry_run(workdir, config, *args)
+    if group is not None:
+        groups = set(re.findall(r"\bgroup=([A-Za-z0-9]+)", output))
+        assert groups <= {group}, f"jobs of other groups planned: {groups - {group}}"
+    return job_counts(output)
 
 
 def write_table(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pandas as pd
 import pytest
-from conftest import TINY, run_snakemake
+from conftest import TINY, cohort, dry_run, job_counts, run_snakemake, write_table
 from snakemaps.search.sampling import sample_runs
 
 pytestmark = pytest.mark.workflow
@@ -33,7 +34,9 @@ def diverging_seed() -> int:
 
 
 def config(n_runs: int, seed: int) -> dict:
-    return {**TINY, "random_search": {"n_runs": n_runs, "seed": seed, "space": SPACE}}
+    """TINY without the demo's test group: testing a run costs time, checked by a dry run."""
+    data = {"synthetic": {**TINY["data"]["synthetic"], "n_test_participants": 0}}
+    return {**TINY, "data": data, "random_search": {"n_runs": n_runs, "seed": seed, "space": SPACE}}
 
 
 @pytest.fixture(scope="module")
@@ -88,3 +91,22 @@ def test_more_runs_keep_earlier_runs_unchanged(search):
     assert "maps=results/random_search/job-1/maps" not in planned  # no job of job-1 reruns
     assert sample_runs(SPACE, 3, seed)[:2] == sample_runs(SPACE, 2, seed)
     assert (launch / "job-1" / "options.json").read_text() == before
+
+
+def test_a_new_test_group_is_tested_on_every_run_without_retraining(search):
+    workdir, seed, _ = search
+    table = write_table(
+        workdir / "cohort", cohort("X", 2), shape=TINY["data"]["synthetic"]["shape"]
+    )
+    with_group = config(2, seed) | {"test": {"groups": {"again": str(table)}}}
+    output = dry_run(workdir, with_group, "random_search")
+    # job-0 failed: only job-1 has models to evaluate; no run is trained again.
+    assert job_counts(output) == {
+        "prepare": 1,
+        "register_test_group": 1,
+        "test": 2,
+        "summarize_test": 1,
+        "random_search": 1,
+    }
+    tested = set(re.findall(r"wildcards: maps=(\S+), group=again", output))
+    assert tested == {"results/random_search/job-1/maps"}

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TINY, run_snakemake, snakemake_command
+from conftest import TINY, job_counts, run_snakemake, snakemake_command
 
 from benchmarks.common import job_pids
 
@@ -123,13 +123,6 @@ def latest_checkpoint(tmp: Path) -> int:
     return max((int(p.name.removeprefix("epoch-")) for p in tmp.glob("epoch-*")), default=0)
 
 
-def job_stats(output: str) -> dict[str, int]:
-    """Snakemake's "Job stats" table (rule -> number of jobs) in ``output``."""
-    table = output.split("Job stats:\n", 1)[1].split("\n\n", 1)[0]
-    rows = [line.split() for line in table.splitlines()[2:]]  # after the header and rule
-    return {rule: int(count) for rule, count in rows if rule != "total"}
-
-
 def test_sigterm_checkpoints_mid_epoch_and_resumes_bit_identical(prepared, unbroken, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(prepared, broken, symlinks=True)
@@ -230,7 +223,7 @@ def test_killed_training_job_then_killed_snakemake_resume_bit_identical(
     assert not (broken / TARGET).exists()
     result = rerun(broken, environment)
     # only the interrupted training ran again; the finished steps were left alone
-    assert job_stats(result.stderr) == {"train": 1}, result.stderr[-3000:]
+    assert job_counts(result.stderr) == {"train": 1}, result.stderr[-3000:]
     assert {path: (broken / path).stat().st_mtime_ns for path in finished} == mtimes
     assert f"resuming from checkpoint results/maps/training/split-0/tmp/epoch-{second}" in (
         train_log.read_text()

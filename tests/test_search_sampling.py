@@ -355,6 +355,32 @@ def test_to_config_overrides_maps_train_and_model_keys():
     assert to_config_overrides({}) == {}
 
 
+def test_run_configs_leave_the_test_groups_out():
+    """Runs train the same whatever test groups are set: a new group touches no run."""
+    import copy
+
+    from snakemaps.search.launch import run_configs
+
+    config = {
+        "maps_dir": "results/maps",
+        "data": {"synthetic": {"n_participants": 16, "n_test_participants": 6}},
+        "test": {"groups": {"ext": "ext.tsv"}},
+        "train": {"epochs": 3, "batch_size": 4},
+        "random_search": {"n_runs": 2},
+    }
+    before = copy.deepcopy(config)
+    runs = run_configs(config, {**SEED_SPACE, "epochs": 2}, "results/rs", 2, 0)
+    other = {**config, "test": {"groups": {}}}
+    other["data"] = {"synthetic": {"n_participants": 16, "n_test_participants": 40}}
+    assert run_configs(other, {**SEED_SPACE, "epochs": 2}, "results/rs", 2, 0) == runs
+    for job, (_, experiment) in runs.items():
+        assert experiment["maps_dir"] == f"results/rs/{job}/maps"
+        assert experiment["data"] == {"synthetic": {"n_participants": 16}}
+        assert "test" not in experiment and "random_search" not in experiment
+        assert experiment["train"]["epochs"] == 2
+    assert config == before
+
+
 def test_search_package_does_not_import_torch():
     code = (
         "import sys; sys.path.insert(0, 'scripts'); "

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 from snakemaps.errors import UserError
-from snakemaps.split import assign_splits, check_leakage, check_splittable, participant_labels
+from snakemaps.split import (
+    assign_splits,
+    check_leakage,
+    check_splittable,
+    check_test_group,
+    participant_labels,
+)
 
 
 def table(n_ad=10, n_cn=14, sessions=3):
@@ -75,6 +81,39 @@ def test_leakage_lists_participants():
             {"train": {"sub-01", "sub-02", "sub-03"}, "test group 'x'": {"sub-02", "sub-03"}}
         )
     assert "2 participant(s)" in str(error.value)
+
+
+def split_manifest(classes):
+    """A loaded split manifest of sub-01..sub-04 (sub-04 validated only, in split 1)."""
+    return {
+        "classes": classes,
+        "splits": {
+            "0": {"train": [["sub-01", "ses-M000"], ["sub-02", "ses-M000"]], "validation": []},
+            "1": {"train": [["sub-03", "ses-M000"]], "validation": [["sub-04", "ses-M012"]]},
+        },
+    }
+
+
+def group(participants, labels):
+    return pd.DataFrame({"participant_id": participants, "session_id": "ses-M000", "label": labels})
+
+
+def test_test_group_is_checked_against_every_side_of_every_split():
+    manifest = split_manifest(["CN", "AD"])
+    check_test_group(manifest, group(["sub-10", "sub-11"], ["AD", "CN"]), "ext")
+    with pytest.raises(UserError, match=r"training data and test group 'ext': sub-04\. Remove"):
+        check_test_group(manifest, group(["sub-10", "sub-04"], ["AD", "CN"]), "ext")
+
+
+def test_test_group_labels_must_be_training_classes():
+    with pytest.raises(
+        UserError, match=r"test group 'ext': label\(s\) \['MCI'\].*test\.groups\.ext"
+    ):
+        check_test_group(split_manifest(["CN", "AD"]), group(["sub-10"], ["MCI"]), "ext")
+    # Regression (classes null): the labels must be numbers.
+    check_test_group(split_manifest(None), group(["sub-10"], ["71.5"]), "ext")
+    with pytest.raises(UserError, match=r"test group 'ext'.*'old'"):
+        check_test_group(split_manifest(None), group(["sub-10"], ["old"]), "ext")
 
 
 def test_positive_class_is_last_and_must_exist():

@@ -127,6 +127,25 @@ def test_same_seed_same_files_other_seed_other_data(cohort, tmp_path):
     assert not np.array_equal(first, voxels(paths["participants"])[0])
 
 
+def test_each_part_alone_gives_the_same_files(cohort, tmp_path):
+    """The workflow writes the training cohort and the held-out group in two jobs."""
+    out, paths = cohort
+    # The training cohort does not depend on the size of the held-out group.
+    alone = generate_cohort(
+        tmp_path / "train", seed=0, parts=["participants"], **{**SMALL, "n_test_participants": 2}
+    )
+    assert list(alone) == ["participants"]
+    assert not (tmp_path / "train" / "test.tsv").exists()
+    assert alone["participants"].read_bytes() == paths["participants"].read_bytes()
+    test = generate_cohort(tmp_path / "test", seed=0, parts=["test"], **SMALL)
+    assert list(test) == ["test"] and test["test"].read_bytes() == paths["test"].read_bytes()
+    for name, folder in (("participants", "train"), ("test", "test")):
+        images = sorted(p.name for p in (tmp_path / folder / "images").iterdir())
+        assert images == sorted(Path(i).name for i in read(paths[name]).image)
+        for image in read(paths[name]).image:
+            assert (tmp_path / folder / image).read_bytes() == (out / image).read_bytes()
+
+
 def test_ad_signal_is_regional(cohort):
     _, paths = cohort
     frame = pd.concat([read(path).assign(root=path.parent) for path in paths.values()])
@@ -142,19 +161,6 @@ def test_ad_signal_is_regional(cohort):
     assert abs(brain_gap) < mtl_gap / 5  # but hardly any whole-image difference
 
 
-def test_groups_are_written_by_separate_calls_with_the_same_bytes(cohort, tmp_path):
-    """The workflow writes each group in its own job: the files are those of one call."""
-    out, paths = cohort
-    for name in ("participants", "test"):
-        alone = generate_cohort(tmp_path / name, seed=0, groups=[name], **SMALL)
-        assert list(alone) == [name]
-        assert alone[name].read_bytes() == paths[name].read_bytes()
-        images = sorted(p.name for p in (tmp_path / name / "images").iterdir())
-        assert images == sorted(Path(i).name for i in read(paths[name]).image)
-        for image in read(paths[name]).image:
-            assert (tmp_path / name / image).read_bytes() == (out / image).read_bytes()
-
-
 def test_no_test_participants_writes_no_test_group(cohort, tmp_path):
     _, paths = cohort
     written = generate_cohort(tmp_path / "none", seed=0, **{**SMALL, "n_test_participants": 0})
@@ -163,7 +169,7 @@ def test_no_test_participants_writes_no_test_group(cohort, tmp_path):
     assert written["participants"].read_bytes() == paths["participants"].read_bytes()
     assert (
         generate_cohort(
-            tmp_path / "nothing", seed=0, groups=["test"], **{**SMALL, "n_test_participants": 0}
+            tmp_path / "nothing", seed=0, parts=["test"], **{**SMALL, "n_test_participants": 0}
         )
         == {}
     )

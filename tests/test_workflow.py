@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY, run_snakemake
+from conftest import ROOT, TINY, planned_jobs, run_snakemake
 from snakemaps.maps import Maps
 
 pytestmark = pytest.mark.workflow
@@ -118,7 +119,10 @@ def test_split_manifest_has_no_leakage(demo):
     manifest = Maps(workdir / "results" / "maps").open_file(
         workdir / "results/maps/training/data/split_manifest.json"
     )
-    tests = set(manifest["test_groups"]["test"])
+    tests = set(
+        pd.read_csv(workdir / "results/maps/test/group-test/data.tsv", sep="\t").participant_id
+    )
+    assert tests and "test_groups" not in manifest  # groups are checked when registered
     for side in manifest["splits"].values():
         train = {p for p, _ in side["train"]}
         validation = {p for p, _ in side["validation"]}
@@ -147,8 +151,6 @@ def test_provenance_records_each_step(demo):
 
 
 def test_rerun_warns_when_environment_changed(demo, tmp_path):
-    import shutil
-
     workdir, _ = demo
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy, symlinks=True)
@@ -184,3 +186,62 @@ def test_concurrent_splits_kept_the_shared_summary_whole(demo):
     lines = (workdir / "results/maps/summary.log").read_text().splitlines()
     assert sorted(line.split(":")[0] for line in lines) == ["split-0", "split-1"]
     assert all("best loss" in line and "best BalancedAccuracy" in line for line in lines)
+
+
+def test_test_group_added_changed_or_removed_trains_nothing(demo, tmp_path):
+    """ClinicaDL's predict: a cohort added to a finished MAPS is evaluated with its models."""
+    workdir, _ = demo
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    maps = copy / "results" / "maps"
+    trained = {path: path.stat().st_mtime_ns for path in maps.glob("training/**/*.*")}
+    demo_group = {path: path.stat().st_mtime_ns for path in maps.glob("test/group-test/**/*")}
+    # A new cohort: held-out participants of the demo, image paths made absolute.
+    synthetic = copy / "results/data/synthetic"
+    cohort = pd.read_csv(synthetic / "test.tsv", sep="\t")
+    cohort["image"] = [str(synthetic / image) for image in cohort["image"]]
+    table = copy / "again.tsv"
+    cohort.to_csv(table, sep="\t", index=False)
+    with_group = {**TINY, "test": {"groups": {"again": str(table)}}}
+    group_jobs = {
+        "prepare": 1,
+        "register_test_group": 1,
+        "test": 2,
+        "summarize_test": 1,
+        "report_test_metrics": 1,
+        "report_test_figure": 3,
+        "all": 1,
+    }
+
+    assert planned_jobs(copy, with_group, "again") == group_jobs
+    # Evaluate it (the figures are left out to save time; they are planned above).
+    result = run_snakemake(
+        copy, "results/maps/test/group-again/summary-BalancedAccuracy.tsv", config=with_group
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = pd.read_csv(maps / "test/group-again/summary-BalancedAccuracy.tsv", sep="\t")
+    assert list(summary["split"]) == ["0", "1", "mean", "std"]
+    # The same participants as group "test": the same models give the same metrics.
+    expected = pd.read_csv(maps / "test/group-test/summary-BalancedAccuracy.tsv", sep="\t")
+    pd.testing.assert_frame_equal(summary, expected)
+
+    # Changing the group reruns its own jobs only.
+    cohort[cohort["participant_id"] != cohort["participant_id"].iloc[0]].to_csv(
+        table, sep="\t", index=False
+    )
+    assert planned_jobs(copy, with_group, "again") == group_jobs
+    # Changing the demo's own group (its size) reruns that group only.
+    smaller = {
+        **TINY,
+        "data": {"synthetic": {**TINY["data"]["synthetic"], "n_test_participants": 4}},
+    }
+    assert planned_jobs(copy, smaller, "test") == {**group_jobs, "generate_demo": 1}
+
+    # Removing the group plans nothing and deletes nothing.
+    result = run_snakemake(copy, config=TINY)
+    assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
+    assert (maps / "test/group-again/summary-BalancedAccuracy.tsv").is_file()
+    assert trained == {path: path.stat().st_mtime_ns for path in maps.glob("training/**/*.*")}
+    assert demo_group == {
+        path: path.stat().st_mtime_ns for path in maps.glob("test/group-test/**/*")
+    }

@@ -58,12 +58,6 @@ if SYNTHETIC:
         check_test_count(config["data"]["synthetic"]["n_test_participants"])
     except UserError as error:
         raise WorkflowError(str(error)) from None
-# The training cohort's generator does not see the held-out group's size.
-DEMO_TRAINING_COHORT = {
-    key: value
-    for key, value in config["data"]["synthetic"].items()
-    if key != "n_test_participants"
-}
 
 
 def test_groups():
@@ -72,6 +66,14 @@ def test_groups():
     if SYNTHETIC and config["data"]["synthetic"]["n_test_participants"] > 0:
         groups.setdefault("test", f"{DATA_DIR}/synthetic/test.tsv")
     return groups
+
+
+def demo_params(wildcards):
+    """The synthetic config one demo table depends on: the training cohort ignores the test size."""
+    synthetic = dict(config["data"]["synthetic"])
+    if wildcards.part == "participants":
+        del synthetic["n_test_participants"]
+    return synthetic
 
 
 def tables():
@@ -149,10 +151,6 @@ def table_key(wildcards):
 
 def train_manifest(wildcards):
     return f"{DATA_DIR}/cache/train/manifest.tsv"
-
-
-def test_manifests(wildcards):
-    return [f"{DATA_DIR}/cache/group-{name}/manifest.tsv" for name in test_groups()]
 
 
 def group_manifest(wildcards):
@@ -270,14 +268,30 @@ def random_search_space(wildcards):
     return load_space(space_source())
 
 
+def random_search_maps_not_failed():
+    """MAPS directory of every random-search run that has not failed."""
+    return [
+        experiment["maps_dir"]
+        for job, (_, experiment) in random_search_runs().items()
+        if not Path(f"{LAUNCH_DIR}/{job}/failed.txt").exists()
+    ]
+
+
+def random_search_test_summaries(wildcards):
+    """Every test group evaluated on every run's MAPS that did not fail."""
+    return [
+        f"{maps}/test/group-{group}/summary-{metric}.tsv"
+        for maps in random_search_maps_not_failed()
+        for group in test_groups()
+        for metric in MONITOR
+    ]
+
+
 def random_search_inputs(wildcards):
     """Every run's options, and the validated best models of the runs that did not fail."""
     inputs = [f"{LAUNCH_DIR}/random_search.json"]
-    for job, (_, experiment) in random_search_runs().items():
-        inputs.append(f"{LAUNCH_DIR}/{job}/options.json")
-        if Path(f"{LAUNCH_DIR}/{job}/failed.txt").exists():
-            continue
-        maps = experiment["maps_dir"]
+    inputs += [f"{LAUNCH_DIR}/{job}/options.json" for job in random_search_runs()]
+    for maps in random_search_maps_not_failed():
         inputs += [
             f"{maps}/training/split-{k}/models/best_models/best-{metric}/validation_metrics/aggregated.tsv"
             for k in splits(maps)
@@ -313,7 +327,6 @@ def warn_if_environment_changed(maps):
 LOCAL_RULES = [
     "all",
     "generate_demo",
-    "generate_demo_test",
     "prepare",
     "split",
     "validate",

@@ -1,33 +1,19 @@
 # Stage 0: the demo cohort, and every table's images turned once into a tensor cache.
 
 
-# The training cohort and the held-out group are written by separate jobs, so
-# that changing the held-out group (or turning it off with 0) never rewrites
-# the training images and so never retrains.
 rule generate_demo:
+    # One job per table: participants (training) or test (the held-out group), so
+    # that changing the held-out group leaves the training cohort untouched.
     output:
-        participants="{data}/synthetic/participants.tsv",
+        table="{data}/synthetic/{part}.tsv",
     log:
-        "{data}/logs/generate_demo.log",
+        "{data}/logs/generate_demo_{part}.log",
+    wildcard_constraints:
+        part="participants|test",
     conda:
         "../envs/snakemaps.yaml"
     params:
-        synthetic=DEMO_TRAINING_COHORT,
-        groups=["participants"],
-    script:
-        "../scripts/generate_demo.py"
-
-
-rule generate_demo_test:
-    output:
-        test="{data}/synthetic/test.tsv",
-    log:
-        "{data}/logs/generate_demo_test.log",
-    conda:
-        "../envs/snakemaps.yaml"
-    params:
-        synthetic=config["data"]["synthetic"],
-        groups=["test"],
+        synthetic=demo_params,
     script:
         "../scripts/generate_demo.py"
 

@@ -24,6 +24,10 @@ rule validate:
         "../scripts/validate.py"
 
 
+# The test group's own checks (no participant of the split, only training's
+# classes) live here, not in the split, so a group added to a finished MAPS
+# trains nothing again. Its priority runs it before any training that is ready
+# at the same time, so a bad group is reported early.
 rule register_test_group:
     input:
         split="{maps}/training/data/split_manifest.json",
@@ -34,6 +38,7 @@ rule register_test_group:
         dataloader="{maps}/test/group-{group}/dataloader.json",
     log:
         "logs/{maps}/register_test_group-{group}.log",
+    priority: 10
     conda:
         "../envs/snakemaps.yaml"
     params:

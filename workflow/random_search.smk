@@ -1,5 +1,7 @@
-# Stage 6: random search (helpers in common.smk). Every run's split, train and
-# validate jobs are part of one DAG that --cores and --profile spread.
+# Stage 6: random search (helpers in common.smk). Every run's split, train,
+# validate and test jobs are part of one DAG that --cores and --profile spread.
+# Every test group is evaluated on every run's MAPS (a group added later too,
+# without retraining); the analysis itself reads validation only.
 
 
 rule random_search:
@@ -8,6 +10,7 @@ rule random_search:
         f"{LAUNCH_DIR}/analysis_loss.tsv",
         f"{LAUNCH_DIR}/ranked_runs.tsv",
         f"reports/{LAUNCH_DIR}/ranked_runs.png",
+        random_search_test_summaries,
 
 
 rule sample_random_search:

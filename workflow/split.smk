@@ -1,10 +1,11 @@
 # Stage 1: create the MAPS (configuration files first) and split participants.
+# Test groups are no input: each is checked against the split when it is
+# registered (evaluate.smk), so adding a group never reruns the split.
 
 
 rule split:
     input:
         manifest=train_manifest,
-        tests=test_manifests,
     output:
         manifest="{maps}/training/data/split_manifest.json",
         data="{maps}/training/data/data.tsv",
@@ -17,7 +18,6 @@ rule split:
     conda:
         "../envs/snakemaps.yaml"
     params:
-        groups=lambda wildcards: list(test_groups()),
         split=lambda wildcards: exp(wildcards)["split"],
         model=lambda wildcards: exp(wildcards)["model"],
         train=lambda wildcards: exp(wildcards)["train"],

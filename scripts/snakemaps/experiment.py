@@ -88,7 +88,6 @@ def optimization_json(train: Mapping[str, Any]) -> dict[str, Any]:
 def create_maps(
     maps_dir: str | Path,
     manifest: str | Path,
-    test_manifests: Mapping[str, str | Path],
     *,
     split: Mapping[str, Any],
     model: Mapping[str, Any],
@@ -107,7 +106,6 @@ def create_maps(
     manifest_path = make_splits(
         maps_dir,
         manifest,
-        test_manifests,
         n_splits=split["n_splits"],
         seed=split["seed"],
         validation_fraction=split["validation_fraction"],

@@ -125,18 +125,21 @@ def generate_cohort(
     seed: int = 0,
     effect_size: float = 1.0,
     noise: float = 0.05,
-    groups: Sequence[str] = GROUPS,
+    parts: Sequence[str] = GROUPS,
 ) -> dict[str, Path]:
-    """Write a synthetic AD/CN cohort to ``out_dir``; return the TSV paths written.
+    """Write a synthetic AD/CN cohort to ``out_dir``; return the TSV path of each part written.
 
-    ``groups`` chooses the tables to write (``participants``, ``test``, or both):
-    each group's participants and images do not depend on the other's, so the
-    workflow writes them in separate jobs. ``n_test_participants`` 0 means no
-    held-out group: no ``test.tsv`` is written.
-
-    Images are written first and the TSVs last, each atomically, so a TSV that
-    exists lists images that exist.
+    ``parts`` chooses the tables written: ``participants`` (the training
+    cohort) and ``test`` (the held-out group). A participant's images depend
+    only on the seed and their index, so the training cohort is the same
+    whatever ``n_test_participants`` is, and the two parts can be written by
+    separate calls. ``n_test_participants`` 0 means no held-out group: no
+    ``test.tsv`` is written. Images are written first and the TSVs last, each
+    atomically, so a TSV that exists lists images that exist.
     """
+    unknown = sorted(set(parts) - set(GROUPS))
+    if unknown or not parts:
+        raise ValueError(f"parts must be a non-empty subset of {list(GROUPS)}; got {parts}")
     n_participants = _check_int("n_participants", n_participants, 4)
     n_test_participants = check_test_count(n_test_participants)
     max_sessions = _check_int("max_sessions", max_sessions, 1)
@@ -144,20 +147,19 @@ def generate_cohort(
     seed = _check_int("seed", seed, 0)
     effect_size = _check_float("effect_size", effect_size)
     noise = _check_float("noise", noise)
-    unknown = sorted(set(groups) - set(GROUPS))
-    if unknown:
-        raise ValueError(f"unknown synthetic group(s) {unknown}: choose from {list(GROUPS)}")
 
     out_dir = Path(out_dir)
     paths = generated_paths(out_dir)
     start = time.perf_counter()
     grid = _grid(shape)
-    plans = {
-        "participants": _plan_group(seed, 1, n_participants, max_sessions, group=0),
-        "test": _plan_group(seed, n_participants + 1, n_test_participants, max_sessions, group=1),
-    }
+    first_index = {"participants": 1, "test": n_participants + 1}
+    counts = {"participants": n_participants, "test": n_test_participants}
     # A test group of 0 participants is no group: it writes no test.tsv.
-    chosen = {name: plans[name] for name in GROUPS if name in groups and plans[name]}
+    chosen = {
+        name: _plan_group(seed, first_index[name], counts[name], max_sessions, group=g)
+        for g, name in enumerate(GROUPS)
+        if name in parts and counts[name]
+    }
     n_images = sum(len(p.sessions) for plan in chosen.values() for p in plan)
     LOGGER.info(
         "synthetic cohort: %s, %d images of shape %s (%.2f mm voxels) in %s",

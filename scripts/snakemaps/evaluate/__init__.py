@@ -13,7 +13,7 @@ import pandas as pd
 from .. import io
 from ..errors import UserError
 from ..maps import Maps, parse_model
-from ..split import check_leakage, load_manifest, split_frame
+from ..split import check_test_group, load_manifest, split_frame
 
 logger = logging.getLogger("snakemaps.evaluate")
 
@@ -191,22 +191,19 @@ def _training_validation(
 def register_test_group(
     maps_dir: str | Path, group: str, manifest: str | Path, batch_size: int
 ) -> Path:
-    """Write ``test/group-<g>/{data.tsv,dataset.json,dataloader.json}`` after a leakage check."""
+    """Write ``test/group-<g>/{data.tsv,dataset.json,dataloader.json}`` after checking the group.
+
+    The group is checked against this MAPS's split (no participant seen in
+    training or validation, only the training classes), here rather than in
+    the split, so that a group added to a finished MAPS trains nothing again.
+    """
     from ..data.prepare import read_manifest
     from ..split import dataloader_description, dataset_description, public_columns
 
     maps = Maps(maps_dir)
     split_manifest = load_manifest(maps_dir)
     frame = read_manifest(manifest)
-    seen = {
-        p
-        for side in split_manifest["splits"].values()
-        for key in ("train", "validation")
-        for p, _ in side[key]
-    }
-    check_leakage(
-        {"training/validation": seen, f"test group {group!r}": set(frame["participant_id"])}
-    )
+    check_test_group(split_manifest, frame, group)
     target = maps.test_group(group)
     Maps.save_file(public_columns(frame), target.data_tsv, overwrite=True)
     Maps.save_file(

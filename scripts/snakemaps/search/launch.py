@@ -23,16 +23,37 @@ def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str
     return merged
 
 
+# Keys that choose which test groups are evaluated: every group is evaluated on
+# every run's MAPS, and no run's training depends on them, so they stay out of
+# a run's config (adding a group must not touch any run).
+TEST_GROUP_KEYS = (("test",), ("data", "synthetic", "n_test_participants"))
+
+
+def training_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` without the random-search settings and the test-group keys."""
+    trimmed = copy.deepcopy(dict(config))
+    trimmed.pop("random_search", None)
+    for *parents, key in TEST_GROUP_KEYS:
+        section = trimmed
+        for parent in parents:
+            section = section.get(parent, {})
+        section.pop(key, None)
+    return trimmed
+
+
 def run_configs(
     config: Mapping[str, Any], space: Mapping[str, Any], launch_dir: str, n_runs: int, seed: int
 ) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """Job name -> (sampled options, experiment config with its own MAPS)."""
+    """Job name -> (sampled options, experiment config with its own MAPS).
+
+    The experiment config is ``training_config(config)`` with the options on top.
+    """
+    base = training_config(config)
     runs = {}
     for i, options in enumerate(sample_runs(space, n_runs, seed)):
         job = f"job-{i}"
-        experiment = deep_merge(config, to_config_overrides(options))
+        experiment = deep_merge(base, to_config_overrides(options))
         experiment["maps_dir"] = f"{launch_dir}/{job}/maps"
-        experiment.pop("random_search", None)
         runs[job] = (options, experiment)
     return runs
 

@@ -122,6 +122,35 @@ def check_leakage(sides: Mapping[str, set[str]]) -> None:
                 )
 
 
+def check_test_group(split_manifest: Mapping[str, Any], frame: pd.DataFrame, group: str) -> None:
+    """Refuse a test group that shares participants with the split or has unknown labels.
+
+    ``split_manifest`` is a loaded ``split_manifest.json``: its train and
+    validation sides of every split hold every participant training saw.
+    """
+    from ..data.table import numeric_labels
+
+    seen = {
+        participant
+        for side in split_manifest["splits"].values()
+        for key in ("train", "validation")
+        for participant, _ in side[key]
+    }
+    check_leakage(
+        {"the training data": seen, f"test group {group!r}": set(frame["participant_id"])}
+    )
+    classes = split_manifest["classes"]
+    if classes is None:
+        numeric_labels(frame["label"], f"test group {group!r}")
+        return
+    unknown = sorted(set(frame["label"]) - set(classes))
+    if unknown:
+        raise UserError(
+            f"test group {group!r}: label(s) {unknown} do not occur in the training table "
+            f"(classes {classes}); remove those rows or fix test.groups.{group}"
+        )
+
+
 def order_classes(classes: list[str], positive_class: str | None) -> list[str]:
     """Sorted classes, with the positive class (if given) last: output index 1 of a binary model."""
     if positive_class is None:
@@ -172,7 +201,6 @@ def public_columns(frame: pd.DataFrame) -> pd.DataFrame:
 def make_splits(
     maps_dir: str | Path,
     manifest: str | Path,
-    test_manifests: Mapping[str, str | Path],
     *,
     n_splits: int,
     seed: int,
@@ -183,9 +211,12 @@ def make_splits(
     positive_class: str | None = None,
     task: str = "classification",
 ) -> Path:
-    """Split the prepared table and write ``training/data/`` of the MAPS."""
+    """Split the prepared table and write ``training/data/`` of the MAPS.
+
+    Test groups play no part: each is checked against the split when it is
+    registered (``check_test_group``), so adding one never reruns the split.
+    """
     from ..data.prepare import read_manifest
-    from ..data.table import numeric_labels
 
     maps = Maps(maps_dir)
     frame = read_manifest(manifest)
@@ -196,23 +227,6 @@ def make_splits(
     else:
         check_splittable(labels, n_splits, str(manifest))
         classes = order_classes(sorted(labels.unique()), positive_class)
-    train_ids = set(frame["participant_id"])
-    tests = {name: read_manifest(path) for name, path in test_manifests.items()}
-    check_leakage(
-        {"the training table": train_ids}
-        | {f"test group {name!r}": set(t["participant_id"]) for name, t in tests.items()}
-    )
-    for name, test in tests.items():
-        if classes is None:
-            numeric_labels(test["label"], f"test group {name!r}")
-            continue
-        unknown = sorted(set(test["label"]) - set(classes))
-        if unknown:
-            raise UserError(
-                f"test group {name!r}: label(s) {unknown} do not occur in the training table "
-                f"(classes {classes})"
-            )
-
     folds = assign_splits(frame, n_splits, seed, validation_fraction, task)
     data = maps.training.data
     splits: dict[str, dict[str, list[str]]] = {}
@@ -257,7 +271,6 @@ def make_splits(
         "task": task,
         "classes": classes,
         "cache_manifest": str(Path(manifest).resolve()),
-        "test_groups": {name: sorted(set(t["participant_id"])) for name, t in tests.items()},
         "splits": splits,
     }
     maps.save_file(
