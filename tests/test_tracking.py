@@ -14,6 +14,7 @@ import pytest
 import yaml
 from conftest import ROOT, cohort, write_table
 from snakemaps.data.prepare import prepare_cache
+from snakemaps.errors import UserError
 from snakemaps.experiment import create_maps
 from snakemaps.maps import Maps
 from snakemaps.tasks import resolve_defaults
@@ -208,7 +209,9 @@ def test_fresh_start_after_a_crash_before_any_checkpoint_marks_the_first_run_kil
 
     # A kill -9 runs no handler: the run is left RUNNING, with no checkpoint to resume.
     monkeypatch.setattr(callbacks.ProgressLogger, "on_epoch_start", lost)
-    monkeypatch.setattr("snakemaps.train.tracking.MLflowTracking.on_exception", lambda *a, **k: None)
+    monkeypatch.setattr(
+        "snakemaps.train.tracking.MLflowTracking.on_exception", lambda *a, **k: None
+    )
     with pytest.raises(RuntimeError):
         train(maps, config, tracking_uri=uri)
     [first] = runs(mlflow, str(maps))
@@ -219,6 +222,13 @@ def test_fresh_start_after_a_crash_before_any_checkpoint_marks_the_first_run_kil
     statuses = {r.info.run_id: r.info.status for r in runs(mlflow, str(maps))}
     assert statuses.pop(first.info.run_id) == "KILLED"
     assert list(statuses.values()) == ["FINISHED"]
+
+
+def test_unusable_tracking_uri_is_refused_before_training(experiment, tmp_path):
+    maps, config = fresh_maps(experiment, tmp_path)
+    with pytest.raises(UserError, match=r"tracking.tracking_uri = 'nosuch://host'"):
+        train(maps, config, tracking_uri="nosuch://host")
+    assert not Maps(maps).split(0).logs.training_loss_tsv.exists()
 
 
 def test_tracking_off_imports_no_mlflow(experiment, tmp_path):

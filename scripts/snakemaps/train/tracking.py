@@ -149,7 +149,14 @@ class MLflowTracking(Callback):
             # training jobs on a shared file system each write their own run's files there,
             # where a single SQLite file would be one lock for all of them.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(tracking_uri=self.uri)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+        except Exception as error:
+            raise UserError(
+                f"tracking.tracking_uri = {tracking_uri!r}: MLflow cannot open a store there "
+                f"({type(error).__name__}: {error}); give a folder, sqlite:///<file> or an "
+                "http:// tracking server"
+            ) from error
         self.experiment, self.run_name = experiment, run_name
         self.tags, self.params = dict(tags), dict(params)
         self.run_id: str | None = None
