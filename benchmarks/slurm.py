@@ -70,9 +70,9 @@ def slurm_vs_local(cohort: Mapping[str, Path], epochs: int, log: Any) -> list[Re
         with temp_dir(f"slurm-{mode}") as work:
             config_file = write_overlay(work, extra)
             if mode == "local":
-                args = ["--cores", "2", *targets]
+                args = [*targets, "--cores", "2"]
             else:
-                args = ["--profile", "profiles/slurm", "--verbose", *node_fit(), *targets]
+                args = [*targets, "--profile", "profiles/slurm", "--verbose", *node_fit()]
             seconds, done = run_timed(snakemake_command(work, config_file, *args), cwd=ROOT)
             output = done.stdout + done.stderr
             if done.returncode != 0:

@@ -1,4 +1,10 @@
-"""Rule train: one split trained (resumes from training/split-<k>/tmp/ when a checkpoint exists)."""
+"""Rule train: one split trained (resumes from training/split-<k>/tmp/ when a checkpoint exists).
+
+Tracking settings are read from the config, not from params: params are a
+rerun trigger, and switching tracking on must not retrain finished splits.
+"""
+
+from pathlib import Path
 
 from snakemaps.steps import run_step
 from snakemaps.train import train_split
@@ -6,6 +12,7 @@ from snakemaps.train import train_split
 
 def main(smk):
     maps_dir = smk.input.model.removesuffix("/model.json")
+    marker = smk.params.failure_marker  # <launch_dir>/job-<i>/failed.txt in a random search
     run_step(
         smk,
         train_split,
@@ -13,7 +20,10 @@ def main(smk):
         split=int(smk.wildcards.split),
         train=smk.params.train,
         threads=smk.threads,
-        failure_marker=smk.params.failure_marker or None,
+        failure_marker=marker or None,
+        tracking=smk.config["tracking"],
+        tracked_config={key: smk.config[key] for key in ("data", "split")},
+        search_run=str(Path(marker).parent) if marker else None,
     )
 
 

@@ -45,7 +45,8 @@ def lock_pins() -> dict[str, Version]:
 
 def direct_requirements() -> list[Requirement]:
     extras = PYPROJECT["optional-dependencies"]
-    return [Requirement(r) for r in PYPROJECT["dependencies"] + extras["test"] + extras["slurm"]]
+    listed = PYPROJECT["dependencies"] + extras["test"] + extras["slurm"] + extras["tracking"]
+    return [Requirement(r) for r in listed]
 
 
 def test_lock_pins_every_direct_dependency_within_its_range():
@@ -96,8 +97,10 @@ def test_conda_env_pins_the_lock_files_versions():
 
 
 def test_conda_env_has_every_runtime_dependency_and_the_locked_python():
-    # Jobs import snakemaps, never snakemake itself: the env needs every other one.
-    runtime = {canonicalize_name(Requirement(r).name) for r in PYPROJECT["dependencies"]}
+    # Jobs import snakemaps, never snakemake itself: the env needs every other one, and
+    # the tracking extra, which a train job imports when tracking.mlflow is on.
+    jobs = PYPROJECT["dependencies"] + PYPROJECT["optional-dependencies"]["tracking"]
+    runtime = {canonicalize_name(Requirement(r).name) for r in jobs}
     assert set(conda_env_pins()) == runtime - {"snakemake"}
     python = re.search(r"--python-version (\S+)", LOCK.read_text().splitlines()[1])[1]
     assert f"python={python}" in CONDA_ENV["dependencies"]

@@ -33,10 +33,15 @@ def diverging_seed() -> int:
     raise AssertionError("no such seed")
 
 
-def config(n_runs: int, seed: int) -> dict:
-    """TINY without the demo's test group: testing a run costs time, checked by a dry run."""
+def config(n_runs: int, seed: int, tracking: bool = True) -> dict:
+    """TINY without the demo's test group (testing a run is checked by a dry run), tracked."""
     data = {"synthetic": {**TINY["data"]["synthetic"], "n_test_participants": 0}}
-    return {**TINY, "data": data, "random_search": {"n_runs": n_runs, "seed": seed, "space": SPACE}}
+    return {
+        **TINY,
+        "data": data,
+        "random_search": {"n_runs": n_runs, "seed": seed, "space": SPACE},
+        "tracking": {"mlflow": tracking},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +61,40 @@ def test_diverging_run_fails_alone_and_is_recorded(search):
     assert not (launch / "job-1" / "failed.txt").exists()
     for split in (0, 1):  # --keep-going: the sane run trained every split
         assert (launch / f"job-1/maps/training/split-{split}/models/final/model.pt").exists()
+
+
+def test_every_split_of_every_run_is_one_mlflow_run_tagged_with_its_job(search, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    from mlflow.tracking import MlflowClient
+
+    workdir, _, _ = search
+    client = MlflowClient(tracking_uri=(workdir / "mlruns").as_uri())  # the default store
+    experiment = client.get_experiment_by_name("results/random_search")  # the launch dir
+    runs = client.search_runs([experiment.experiment_id])
+    found = {(r.data.tags["random_search.job"], r.data.tags["split"]): r for r in runs}
+    assert sorted(found) == [("job-0", "0"), ("job-0", "1"), ("job-1", "0"), ("job-1", "1")]
+    for (job, split), run in found.items():
+        maps = workdir / "results" / "random_search" / job / "maps"
+        assert run.data.tags["maps_dir"] == str(maps.resolve())
+        assert run.data.tags["experiment"] == "results/random_search"
+        assert run.info.run_name == f"{job} split-{split}"
+        assert run.info.status == ("FAILED" if job == "job-0" else "FINISHED")  # job-0 diverged
+        if job == "job-0":
+            continue
+        options = json.loads((maps.parent / "options.json").read_text())
+        assert float(run.data.params["train.learning_rate"]) == options["learning_rate"]
+        aggregated = pd.read_csv(
+            maps / f"training/split-{split}/validation_metrics/aggregated.tsv", sep="\t"
+        )
+        for metric in ("loss", "BalancedAccuracy", "RocAuc"):
+            logged = client.get_metric_history(run.info.run_id, f"validation/{metric}")
+            assert [m.step for m in logged] == list(aggregated["epoch"]) == [1, 2]
+            assert [m.value for m in logged] == pytest.approx(list(aggregated[metric]))
+        best = run.data.tags["best-BalancedAccuracy.path"]
+        assert best == str(
+            maps.resolve() / f"training/split-{split}/models/best_models/best-BalancedAccuracy"
+            "/model.pt"
+        )
 
 
 def test_rerun_writes_analysis_with_failed_run_not_run(search):
@@ -84,7 +123,8 @@ def test_more_runs_keep_earlier_runs_unchanged(search):
     workdir, seed, _ = search
     launch = workdir / "results" / "random_search"
     before = (launch / "job-1" / "options.json").read_text()
-    dry = run_snakemake(workdir, "random_search", "-n", config=config(3, seed))
+    # Tracking off as well: switching it is no rerun trigger.
+    dry = run_snakemake(workdir, "random_search", "-n", config=config(3, seed, tracking=False))
     assert dry.returncode == 0, dry.stderr[-3000:]
     planned = dry.stdout + dry.stderr
     assert "maps=results/random_search/job-2/maps" in planned  # the new run's jobs

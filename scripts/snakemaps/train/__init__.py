@@ -44,6 +44,9 @@ def train_split(
     train: Mapping[str, Any],
     threads: int = 1,
     failure_marker: str | Path | None = None,
+    tracking: Mapping[str, Any] | None = None,
+    tracked_config: Mapping[str, Any] | None = None,
+    search_run: str | None = None,
 ) -> Path:
     """Train split ``split`` of the MAPS (resuming from tmp/ if a checkpoint exists).
 
@@ -51,6 +54,12 @@ def train_split(
     from the MAPS's ``model.json``; the data from the split manifest. If the
     run diverges or runs out of memory and ``failure_marker`` is given (random
     search), the reason is written there before the error is raised.
+
+    ``tracking`` is the config's ``tracking`` section: with ``mlflow`` true the
+    training is logged to MLflow (``snakemaps.train.tracking``), with the
+    ``train`` section, ``model.json`` and ``tracked_config`` (other config
+    sections, e.g. data and split) as parameters, and the random-search run
+    folder ``search_run`` (``<launch_dir>/job-<i>``) as tags.
 
     Only one job trains a split at a time (``snakemaps.ownership``): a job
     that finds another one training it waits for it, and has nothing left to
@@ -68,7 +77,9 @@ def train_split(
                 split,
             )
             return final
-        return _train_split(maps_dir, split, train, threads, failure_marker)
+        return _train_split(
+            maps_dir, split, train, threads, failure_marker, tracking, tracked_config, search_run
+        )
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -85,6 +96,9 @@ def _train_split(
     train: Mapping[str, Any],
     threads: int,
     failure_marker: str | Path | None,
+    tracking: Mapping[str, Any] | None,
+    tracked_config: Mapping[str, Any] | None,
+    search_run: str | None,
 ) -> Path:
     import torch
 
@@ -151,6 +165,11 @@ def _train_split(
         callbacks.insert(
             1, EarlyStopping(stopping["metric"], stopping["patience"], stopping["tolerance"])
         )
+    if tracking and tracking.get("mlflow"):
+        from .tracking import mlflow_callback
+
+        params = {"train": dict(train), "model": model, **dict(tracked_config or {})}
+        callbacks.append(mlflow_callback(tracking, maps_dir, split, params, search_run))
     callbacks.append(ResumeCheckpoint(train["checkpoint_every"]))
 
     settings = Settings(
