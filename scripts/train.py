@@ -14,6 +14,7 @@ def main(smk):
         train=smk.params.train,
         threads=smk.threads,
         failure_marker=smk.params.failure_marker or None,
+        log_file=smk.log[0],
     )
 
 

@@ -44,14 +44,44 @@ def train_split(
     train: Mapping[str, Any],
     threads: int = 1,
     failure_marker: str | Path | None = None,
+    log_file: str | Path | None = None,
 ) -> Path:
     """Train split ``split`` of the MAPS (resuming from tmp/ if a checkpoint exists).
 
     ``train`` is the ``train`` section of the configuration. The network comes
     from the MAPS's ``model.json``; the data from the split manifest. If the
     run diverges or runs out of memory and ``failure_marker`` is given (random
-    search), the reason is written there before the error is raised.
+    search), the reason is written there before the error is raised. With
+    ``train.distributed`` asking for more than one process, the ranks are
+    started here (``snakemaps.train.distributed``; rank 0 appends to
+    ``log_file``) and ``threads`` are shared among this node's ranks.
     """
+    import os
+
+    from . import distributed
+
+    maps = Maps(maps_dir)
+    if distributed.world_size(train["distributed"]) == 1:
+        return train_rank(maps_dir, split, train, threads, failure_marker)
+    kwargs = {
+        "maps_dir": str(maps_dir),
+        "split": split,
+        "train": dict(train),
+        "failure_marker": str(failure_marker) if failure_marker else None,
+    }
+    distributed.launch(kwargs, train, threads, os.environ, str(log_file) if log_file else None)
+    return maps.split(split).models.final.model_pt
+
+
+def train_rank(
+    maps_dir: str | Path,
+    split: int,
+    train: Mapping[str, Any],
+    threads: int = 1,
+    failure_marker: str | Path | None = None,
+    group: Any = None,
+) -> Path:
+    """Train split ``split`` in this process: alone, or as one rank of ``group``."""
     import torch
 
     from .. import io
@@ -66,6 +96,7 @@ def train_split(
         ProgressLogger,
         ResumeCheckpoint,
     )
+    from .distributed import SINGLE
     from .trainer import (
         Objective,
         Settings,
@@ -75,12 +106,15 @@ def train_split(
         seed_everything,
     )
 
+    group = group or SINGLE
     maps = Maps(maps_dir)
     split_dir = maps.split(split)
     torch.set_num_threads(threads)
-    device = resolve_device(train["device"])
+    device = group.device or resolve_device(train["device"])
     seed = train["seed"] + split
-    seed_everything(seed, train["deterministic"])
+    # Every rank its own random stream (dropout, augmentation); DDP gives all
+    # ranks rank 0's initial weights.
+    seed_everything(seed + group.rank, train["deterministic"])
     manifest = load_manifest(maps_dir)
     model = io.read_json(maps.model_json)
     classes = model["classes"]
@@ -92,16 +126,18 @@ def train_split(
     network = network.to(
         device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
     )
-    with io.locked(maps.nn_summary_txt):
-        if not maps.nn_summary_txt.exists():
-            Maps.save_file(summary(network, model["input_shape"]), maps.nn_summary_txt)
-            Maps.save_file(str(network) + "\n", maps.architecture_log, overwrite=True)
+    if group.writer:
+        with io.locked(maps.nn_summary_txt):
+            if not maps.nn_summary_txt.exists():
+                Maps.save_file(summary(network, model["input_shape"]), maps.nn_summary_txt)
+                Maps.save_file(str(network) + "\n", maps.architecture_log, overwrite=True)
     optimizer = build_optimizer(
         train["optimizer"], network.parameters(), train["learning_rate"], train["weight_decay"]
     )
     scheduler = build_scheduler(optimizer, train["lr_scheduler"], train["epochs"])
     if train["compile"]:
         network = torch.compile(network)
+    network = group.wrap(network)
 
     cuda = device.type == "cuda"
     callbacks = [
@@ -118,6 +154,10 @@ def train_split(
             1, EarlyStopping(stopping["metric"], stopping["patience"], stopping["tolerance"])
         )
     callbacks.append(ResumeCheckpoint(train["checkpoint_every"]))
+    if not group.writer:  # the callbacks that only write: rank 0's
+        callbacks = [
+            c for c in callbacks if isinstance(c, (LRScheduler, EarlyStopping, ResumeCheckpoint))
+        ]
 
     settings = Settings(
         epochs=train["epochs"],
@@ -135,6 +175,8 @@ def train_split(
         num_workers=train["num_workers"],
     )
     semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
+    # The world size decides the batches; how ranks are spread over nodes does not.
+    semantic["distributed"] = group.world_size
     trainer = Trainer(
         maps=maps,
         split=split,
@@ -148,17 +190,20 @@ def train_split(
         callbacks=callbacks,
         fingerprint=fingerprint(semantic, model["network"], manifest["hash"], split),
         objective=Objective.of(model),
+        group=group,
     )
-    Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
-    maps.record_run(
-        "train",
-        {
-            "step": f"train split-{split}",
-            "config": dict(train),
-            "split_manifest_hash": manifest["hash"],
-            **system_facts(device),
-        },
-    )
+    if group.writer:
+        Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
+        maps.record_run(
+            "train",
+            {
+                "step": f"train split-{split}",
+                "config": dict(train),
+                "split_manifest_hash": manifest["hash"],
+                "world_size": group.world_size,
+                **system_facts(device),
+            },
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         try:
@@ -170,10 +215,11 @@ def train_split(
                 )
             raise
         finally:
-            text = "".join(
-                f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
-            )
-            Maps.save_file(text, split_dir.warning_log, overwrite=True)
+            if group.writer:
+                text = "".join(
+                    f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
+                )
+                Maps.save_file(text, split_dir.warning_log, overwrite=True)
     return split_dir.models.final.model_pt
 
 
@@ -187,6 +233,10 @@ def computational_json(trainer: Any) -> dict[str, Any]:
         "channels_last": trainer.settings.channels_last,
         "seed": trainer.settings.seed,
         "deterministic": trainer.settings.deterministic,
+        "world_size": trainer.group.world_size,
+        "backend": ("nccl" if trainer.device.type == "cuda" else "gloo")
+        if trainer.group.distributed
+        else None,
     }
 
 

@@ -327,8 +327,8 @@ class ComputationalMonitor(Callback):
             self.gpu_start.record()
 
     def on_batch_end(self, trainer: Trainer, **_: Any) -> None:
-        if trainer.state.stage == "train":
-            self.samples += trainer.last_batch_size
+        if trainer.state.stage == "train":  # every rank's batch, as large as this one's
+            self.samples += trainer.last_batch_size * trainer.group.world_size
 
     def on_epoch_end(self, trainer: Trainer, **_: Any) -> None:
         import torch
@@ -456,5 +456,7 @@ class ResumeCheckpoint(Callback):
             trainer.write_checkpoint()
 
     def on_train_end(self, trainer: Trainer, **_: Any) -> None:
+        if not trainer.group.writer:
+            return
         shutil.rmtree(trainer.split_dir.tmp.path, ignore_errors=True)
         trainer.split_dir.tmp.path.mkdir(parents=True, exist_ok=True)
