@@ -315,7 +315,8 @@ def _launch_local(spec: dict[str, Any], processes: int, env: Mapping[str, str]) 
 def _rank_failure(error: Any) -> Exception:
     """One clear error from the ranks' failures (a UserError stays one)."""
     lines, user = [], None
-    for rank, failure in sorted(error.failures.items()):
+    first = error.get_first_failure()[0]
+    for rank, failure in sorted(error.failures.items(), key=lambda item: item[0] != first):
         message = failure.message
         if isinstance(message, dict):
             message = message.get("message", "")
