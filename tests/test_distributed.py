@@ -92,7 +92,9 @@ def die(how: str, threads: int, group: Group) -> None:
 
 
 def test_validation_counts_every_image_once(tmp_path):
-    launch({"out": str(tmp_path)}, train_section(), 2, env(), target="test_distributed:validate_share")
+    launch(
+        {"out": str(tmp_path)}, train_section(), 2, env(), target="test_distributed:validate_share"
+    )
     ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     assert ranks[0]["share"] + ranks[1]["share"] == list(range(N_VAL))  # no image twice
     alone_indices, alone = validation_metrics(Group())
@@ -111,11 +113,15 @@ def test_a_dead_or_hung_rank_fails_the_job_in_time(tmp_path, how):
     timeout = 4
     start = time.monotonic()
     with pytest.raises(RuntimeError) as failed:
-        launch({"how": how}, train_section(timeout=timeout), 2, env(), target="test_distributed:die")
+        launch(
+            {"how": how}, train_section(timeout=timeout), 2, env(), target="test_distributed:die"
+        )
     seconds = time.monotonic() - start
     message = str(failed.value)
     if how == "killed":
-        assert message.startswith("distributed training failed: rank 1: Signal 9 (SIGKILL)"), message
+        assert message.startswith("distributed training failed: rank 1: Signal 9 (SIGKILL)"), (
+            message
+        )
     else:  # rank 0's all_reduce timed out
         assert message.startswith("distributed training failed: rank 0:"), message
         assert "imed out" in message, message
