@@ -37,6 +37,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -246,16 +247,17 @@ def launch(
         **env,
         "PYTHONPATH": os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p),
     }
-    tasks = int(env.get("SLURM_NTASKS", "1") or 1)
+    job = slurm_job(env)
+    tasks = int(job.get("NumTasks", 1))
     if tasks > 1:
         if tasks != world:
             raise UserError(
                 f"train.distributed asks for {processes} process(es) on {nodes} node(s) = {world} "
-                f"ranks, but this SLURM job has {tasks} tasks (SLURM_NTASKS). Set the train rule's "
+                f"ranks, but this SLURM job has {tasks} tasks. Set the train rule's "
                 f"`tasks: {world}` (and `nodes: {nodes}`) in profiles/slurm set-resources."
             )
-        spec["kwargs"]["threads"] = int(env.get("SLURM_CPUS_PER_TASK") or threads)
-        return _launch_srun(spec, world, nodes, env)
+        spec["kwargs"]["threads"] = int(job.get("CPUs/Task") or threads)
+        return _launch_srun(spec, world, nodes, job["NodeList"], env)
     if nodes > 1:
         raise UserError(
             f"train.distributed.nodes is {nodes}: several nodes need a SLURM job with one task "
@@ -335,10 +337,37 @@ def _rank_failure(error: Any) -> Exception:
     return RuntimeError("distributed training failed: " + "; ".join(lines))
 
 
-def _launch_srun(spec: dict[str, Any], world: int, nodes: int, env: Mapping[str, str]) -> None:
+def slurm_job(env: Mapping[str, str]) -> dict[str, str]:
+    """The tasks, CPUs per task and nodes of the SLURM job this process runs in ({} outside).
+
+    SLURM_NTASKS where it is set (a batch script, salloc, a one-task srun step);
+    otherwise, in the job of a SLURM executor that hides the allocation's
+    variables from the rule (snakemake-executor-plugin-slurm-jobstep),
+    ``scontrol show job``.
+    """
+    if "SLURM_NTASKS" in env:
+        return {
+            "NumTasks": env["SLURM_NTASKS"],
+            "CPUs/Task": env.get("SLURM_CPUS_PER_TASK", ""),
+            "NodeList": env.get("SLURM_JOB_NODELIST", ""),
+        }
+    if "SLURM_JOB_ID" not in env:
+        return {}
+    shown = subprocess.run(
+        ["scontrol", "show", "job", "--oneliner", env["SLURM_JOB_ID"]],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return dict(re.findall(r"(\S+?)=(\S*)", shown))
+
+
+def _launch_srun(
+    spec: dict[str, Any], world: int, nodes: int, nodelist: str, env: Mapping[str, str]
+) -> None:
     """One rank per task of this SLURM job; srun kills all tasks when one fails."""
     hosts = subprocess.run(
-        ["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+        ["scontrol", "show", "hostnames", nodelist],
         capture_output=True,
         text=True,
         check=True,
@@ -352,6 +381,7 @@ def _launch_srun(spec: dict[str, Any], world: int, nodes: int, env: Mapping[str,
         "--kill-on-bad-exit=1",
         f"--ntasks={world}",
         f"--nodes={nodes}",
+        f"--cpus-per-task={spec['kwargs']['threads']}",
         sys.executable,
         "-u",
         "-m",
