@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import slurm, training, workflow
+from benchmarks import distributed, slurm, training, workflow
 from benchmarks.common import (
     Result,
     fmt,
@@ -29,7 +29,17 @@ from benchmarks.common import (
     temp_dir,
 )
 
-ALL = ("startup", "trainer", "ablation", "workflow", "resume", "dag", "slurm", "gpu")
+ALL = (
+    "startup",
+    "trainer",
+    "ablation",
+    "workflow",
+    "resume",
+    "dag",
+    "slurm",
+    "gpu",
+    "distributed",
+)
 
 # Sizes per mode: quick must finish in < 5 minutes on 2 CPU cores.
 PLANS = {
@@ -48,6 +58,8 @@ PLANS = {
         "dag_timeout": 20.0,
         "slurm_epochs": 2,
         "gpu_steps": 20,
+        "distributed_epochs": 4,
+        "distributed_pairs": 2,
     },
     "full": {
         "startup_reps": 3,
@@ -64,6 +76,8 @@ PLANS = {
         "dag_timeout": 300.0,
         "slurm_epochs": 4,
         "gpu_steps": 100,
+        "distributed_epochs": 8,
+        "distributed_pairs": 3,
     },
 }
 
@@ -114,9 +128,15 @@ def main(argv: list[str] | None = None) -> int:
         if "startup" in args.only:
             log("start-up costs (fresh python per import)")
             results += workflow.startup_costs(plan["startup_reps"], log)
-        needs_cohort = {"trainer", "ablation", "workflow", "resume", "slurm", "gpu"} & set(
-            args.only
-        )
+        needs_cohort = {
+            "trainer",
+            "ablation",
+            "workflow",
+            "resume",
+            "slurm",
+            "gpu",
+            "distributed",
+        } & set(args.only)
         cohort = make_cohort(cohort_dir) if needs_cohort else {}
         if "trainer" in args.only:
             log("trainer vs plain loop, checkpoint cost, data loading (in process)")
@@ -156,6 +176,17 @@ def main(argv: list[str] | None = None) -> int:
             log("GPU: AMP + channels_last_3d + pinned + non_blocking vs fp32")
             with temp_dir("gpu") as work:
                 results.append(training.gpu_benchmark(work, cohort, plan["gpu_steps"], log))
+        if "distributed" in args.only:
+            log("data-parallel training: samples/s with 1 and 2 processes (gloo on the CPU)")
+            with temp_dir("distributed") as work:
+                results += distributed.scaling(
+                    work,
+                    cohort,
+                    plan["distributed_epochs"],
+                    2,
+                    plan["distributed_pairs"],
+                    log,
+                )
 
     elapsed = time.perf_counter() - started
     print(

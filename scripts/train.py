@@ -24,6 +24,7 @@ def main(smk):
         tracking=smk.config["tracking"],
         tracked_config={key: smk.config[key] for key in ("data", "split")},
         search_run=str(Path(marker).parent) if marker else None,
+        log_file=smk.log[0],
     )
 
 

@@ -36,14 +36,17 @@ def _skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
-def _profile_overrides(runtime: dict[str, str] | None = None) -> list[str]:
+def _profile_overrides(
+    runtime: dict[str, str] | None = None, extra: dict[str, dict[str, str]] | None = None
+) -> list[str]:
     """Command-line arguments that fit profiles/slurm onto the 2-core test node.
 
     `--set-threads` and `--set-resources` on the command line replace those keys
     of the profile as a whole, so every per-rule entry of the profile is carried
     over, with threads, CPUs, memory and time limit (10 minutes, or the
-    expression in ``runtime[rule]``) shrunk to what the test node has.
-    Everything else (slurm_extra, gpu, ...) is passed on unchanged.
+    expression in ``runtime[rule]``) shrunk to what the test node has, plus the
+    resources in ``extra[rule]``. Everything else (slurm_extra, gpu, ...) is
+    passed on unchanged.
     """
     import yte
 
@@ -57,6 +60,7 @@ def _profile_overrides(runtime: dict[str, str] | None = None) -> list[str]:
         res["runtime"] = (runtime or {}).get(rule, 10)
         if "cpus_per_task" in res:
             res["cpus_per_task"] = 1
+        res.update((extra or {}).get(rule, {}))
         resources += [f"{rule}:{key}={value}" for key, value in res.items()]
     args = []
     if threads:

@@ -13,12 +13,17 @@
 
 Both jobs run side by side, so the time limit costs about half a minute of
 wall time on top of the scancel run.
+
+Then split-0 is trained once more in a copy of that run as one 2-task SLURM
+job (``train.distributed.processes: 2``, set-resources ``tasks: 2`` and
+``mpi``): the train job starts one gloo rank per task with ``srun``.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -240,3 +245,63 @@ def test_training_job_at_time_limit_checkpoints_and_resumes_on_retry(run):
     assert int(resumed[1]) >= max(run.checkpoints_before_stop) >= 1, resumed[0]
     # ... but from the checkpoint the trainer wrote on SLURM's SIGTERM
     assert_resumed_from_sigterm_checkpoint(run, TIMED_OUT, run.timed_out)
+
+
+@pytest.fixture(scope="module")
+def two_tasks(run, tmp_path_factory) -> tuple[Path, str]:
+    """Split-0 retrained in a copy of ``run`` as one 2-task job; (workdir, snakemake output)."""
+    workdir = tmp_path_factory.mktemp("slurm_two_tasks")
+    shutil.copytree(run.workdir, workdir, symlinks=True, dirs_exist_ok=True)
+    config = {
+        **CONFIG,
+        "train": {**CONFIG["train"], "epochs": 3, "distributed": {"processes": 2}},
+    }
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
+    env["SNAKEMAPS_SLURM_PARTITION"] = PARTITION
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "results/maps/training/split-0/models/final/model.pt",
+        "--forcerun",
+        "train",
+        "--profile",
+        "profiles/slurm",
+        "--directory",
+        str(workdir),
+        "--configfile",
+        "config/config.yaml",
+        str(workdir / "config.yaml"),
+        *_profile_overrides(extra={"train": {"tasks": 2, "mpi": "'srun'"}}),
+    ]
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-8000:]
+    return workdir, output
+
+
+def test_two_task_job_trains_one_split_with_a_rank_per_task(two_tasks):
+    workdir, _ = two_tasks
+    maps = Maps(workdir / "results/maps")
+    split = maps.split(0)
+    records = [
+        r
+        for name in maps.exec.runs
+        for r in maps.open_file(maps.exec.runs[name].provenance_json)
+        if r.get("step") == "train split-0" and r.get("world_size") == 2
+    ]
+    assert len(records) == 1, records  # rank 0 alone records the run
+    jobid = records[0]["slurm_job_id"]
+    job = _scontrol_job(jobid)
+    assert job.get("NumTasks") == "2" and job.get("JobState") == "COMPLETED", job
+    slurm_log = (
+        workdir / f".snakemake/slurm_logs/rule_train/results_maps_0/{jobid}.log"
+    ).read_text()
+    assert "starting 2 ranks on 1 node(s) with srun" in slurm_log, slurm_log[-3000:]
+    assert maps.open_file(split.computational_json)["world_size"] == 2
+    assert split.models.final.model_pt.is_file()
+    aggregated = maps.open_file(split.validation_metrics.aggregated_tsv)
+    assert list(aggregated["epoch"]) == [1, 2, 3]

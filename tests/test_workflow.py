@@ -1,23 +1,41 @@
-"""The whole experiment through real snakemake on a tiny config: a complete MAPS."""
+"""The whole experiment through real snakemake on a tiny config: a complete MAPS.
+
+Every split trains with 2 gloo processes (``train.distributed.processes: 2``,
+DistributedDataParallel on the CPU), so the MAPS checked here is the one a
+multi-process training writes; ``--cores 4`` lets both splits train at once.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY, planned_jobs, run_snakemake
+from conftest import ROOT, TINY, planned_jobs, run_snakemake, snakemake_command
 from snakemaps.maps import Maps
 
 pytestmark = pytest.mark.workflow
+
+DEMO = {
+    **TINY,
+    "train": {
+        **TINY["train"],
+        "deterministic": True,
+        "distributed": {"processes": 2, "timeout": 120},
+    },
+}
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("demo")
-    result = run_snakemake(workdir, config=TINY)
+    result = run_snakemake(workdir, "--cores", "4", config=DEMO)
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir, result
 
@@ -131,7 +149,7 @@ def test_split_manifest_has_no_leakage(demo):
 
 def test_rerun_has_nothing_to_do(demo):
     workdir, _ = demo
-    result = run_snakemake(workdir, config=TINY)
+    result = run_snakemake(workdir, config=DEMO)
     assert result.returncode == 0
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -159,7 +177,7 @@ def test_rerun_warns_when_environment_changed(demo, tmp_path):
     assert "\nnumpy==" in text
     lines = ["numpy==0.0.1" if line.startswith("numpy==") else line for line in text.splitlines()]
     recorded.write_text("\n".join(lines) + "\n")
-    result = run_snakemake(copy, "results/maps/training/data/split_manifest.json", config=TINY)
+    result = run_snakemake(copy, "results/maps/training/data/split_manifest.json", config=DEMO)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "the environment differs from the one recorded" in result.stderr
     assert "numpy: 0.0.1 -> " in result.stderr
@@ -168,7 +186,7 @@ def test_rerun_warns_when_environment_changed(demo, tmp_path):
 def test_report_builds_with_its_figures(demo, tmp_path):
     workdir, _ = demo
     report = tmp_path / "report.html"
-    result = run_snakemake(workdir, "--report", str(report), config=TINY)
+    result = run_snakemake(workdir, "--report", str(report), config=DEMO)
     assert result.returncode == 0, result.stderr[-3000:]
     html = report.read_text(errors="replace")
     for name in (
@@ -202,7 +220,7 @@ def test_test_group_added_changed_or_removed_trains_nothing(demo, tmp_path):
     cohort["image"] = [str(synthetic / image) for image in cohort["image"]]
     table = copy / "again.tsv"
     cohort.to_csv(table, sep="\t", index=False)
-    with_group = {**TINY, "test": {"groups": {"again": str(table)}}}
+    with_group = {**DEMO, "test": {"groups": {"again": str(table)}}}
     group_jobs = {
         "prepare": 1,
         "register_test_group": 1,
@@ -232,16 +250,99 @@ def test_test_group_added_changed_or_removed_trains_nothing(demo, tmp_path):
     assert planned_jobs(copy, with_group, "again") == group_jobs
     # Changing the demo's own group (its size) reruns that group only.
     smaller = {
-        **TINY,
+        **DEMO,
         "data": {"synthetic": {**TINY["data"]["synthetic"], "n_test_participants": 4}},
     }
     assert planned_jobs(copy, smaller, "test") == {**group_jobs, "generate_demo": 1}
 
     # Removing the group plans nothing and deletes nothing.
-    result = run_snakemake(copy, config=TINY)
+    result = run_snakemake(copy, config=DEMO)
     assert result.returncode == 0 and "Nothing to be done" in result.stdout + result.stderr
     assert (maps / "test/group-again/summary-BalancedAccuracy.tsv").is_file()
     assert trained == {path: path.stat().st_mtime_ns for path in maps.glob("training/**/*.*")}
     assert demo_group == {
         path: path.stat().st_mtime_ns for path in maps.glob("test/group-test/**/*")
     }
+
+
+def test_each_split_trained_by_two_ranks_and_written_by_rank_0_alone(demo):
+    from snakemaps.split import split_frame
+
+    workdir, _ = demo
+    maps = Maps(workdir / "results" / "maps")
+    records = [
+        r
+        for name in maps.exec.runs
+        if name.startswith("train")
+        for r in maps.open_file(maps.exec.runs[name].provenance_json)
+    ]
+    assert sorted(r["step"] for r in records) == ["train split-0", "train split-1"]  # not 4
+    for k in (0, 1):
+        split = maps.split(k)
+        computational = maps.open_file(split.computational_json)
+        assert computational["world_size"] == 2 and computational["backend"] == "gloo"
+        log = (workdir / f"logs/results/maps/train_split-{k}.log").read_text()
+        assert "starting 2 ranks on this node (torch.distributed, gloo)" in log
+        assert log.count(f"split-{k}: training 3 epochs") == 1  # rank 0's line only
+        # each rank sees half of the training images per epoch: half the steps
+        n_train = len(split_frame(workdir / "results/maps", k, "train"))
+        per_rank = -(-n_train // 2)
+        steps = -(-per_rank // TINY["train"]["batch_size"])
+        loss = pd.read_csv(split.logs.training_loss_tsv, sep="\t")
+        assert list(loss.groupby("epoch").size()) == [steps] * 3
+
+
+def rank_pids(workdir: Path) -> list[int]:
+    """PIDs of the training ranks (python -m snakemaps.train.distributed) running in ``workdir``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if b"snakemaps.train.distributed" in cmdline and Path(cwd) == workdir:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+def test_killed_rank_resumes_bit_identical_to_the_unbroken_two_rank_run(demo, tmp_path):
+    """SIGKILL one of the 2 ranks after a checkpoint; the rerun ends with the demo's weights."""
+    workdir, _ = demo
+    broken = tmp_path / "broken"
+    shutil.copytree(workdir, broken, symlinks=True)
+    target = "results/maps/training/split-0/models/final/model.pt"
+    tmp = broken / "results/maps/training/split-0/tmp"
+    command = snakemake_command(broken, target, "--forcerun", "train", config=DEMO)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline, pids = time.monotonic() + 300, []
+    while len(pids) < 2 or not list(tmp.glob("epoch-*")):
+        assert process.poll() is None, process.stdout.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        pids = pids if len(pids) == 2 else rank_pids(broken)
+        time.sleep(0.01)
+    os.kill(pids[1], signal.SIGKILL)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode != 0, output[-3000:]
+    assert "rank 1: Signal 9 (SIGKILL)" in output, output[-3000:]
+    assert not (broken / target).exists()
+    assert rank_pids(broken) == []  # rank 0 was stopped too
+    [checkpoint] = tmp.glob("epoch-*")
+    assert int(checkpoint.name.removeprefix("epoch-")) < 3
+
+    result = run_snakemake(broken, target, config=DEMO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (broken / "logs/results/maps/train_split-0.log").read_text()
+    assert f"resuming from checkpoint results/maps/training/split-0/tmp/{checkpoint.name}" in log
+    a, b = Maps(broken / "results/maps").split(0), Maps(workdir / "results/maps").split(0)
+    for model in ("final", "best-loss", "best-BalancedAccuracy", "epoch-2"):
+        resumed = torch.load(a.models.get(model).model_pt, weights_only=True)
+        unbroken = torch.load(b.models.get(model).model_pt, weights_only=True)
+        assert resumed.keys() == unbroken.keys()
+        for key in unbroken:
+            assert torch.equal(resumed[key], unbroken[key]), f"{model}: {key} differs"
+    for tsv in ("logs/training_loss.tsv", "validation_metrics/aggregated.tsv"):
+        pd.testing.assert_frame_equal(
+            pd.read_csv(a.path / tsv, sep="\t"), pd.read_csv(b.path / tsv, sep="\t"), obj=tsv
+        )
+    assert list(a.tmp.path.iterdir()) == []

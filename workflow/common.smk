@@ -60,6 +60,16 @@ if SYNTHETIC:
         raise WorkflowError(str(error)) from None
 
 
+def train_processes(wildcards):
+    """A train job's threads: one per rank of train.distributed on this node."""
+    return exp(wildcards)["train"]["distributed"]["processes"]
+
+
+def train_gpus(wildcards):
+    """A train job's GPUs: one per rank on this node where a GPU is visible."""
+    return GPUS_PER_JOB * train_processes(wildcards)
+
+
 def test_groups():
     """Group name -> table. The demo adds its held-out participants as group "test"."""
     groups = dict(config["test"]["groups"])

@@ -19,9 +19,9 @@ rule train:
         "logs/{maps}/train_split-{split}.benchmark.tsv"
     conda:
         "../envs/snakemaps.yaml"
-    threads: 1
+    threads: train_processes
     resources:
-        gpu=GPUS_PER_JOB,
+        gpu=train_gpus,
         mem_mb=4000,
         runtime=240,
     params:

@@ -47,13 +47,17 @@ def train_split(
     tracking: Mapping[str, Any] | None = None,
     tracked_config: Mapping[str, Any] | None = None,
     search_run: str | None = None,
+    log_file: str | Path | None = None,
 ) -> Path:
     """Train split ``split`` of the MAPS (resuming from tmp/ if a checkpoint exists).
 
     ``train`` is the ``train`` section of the configuration. The network comes
     from the MAPS's ``model.json``; the data from the split manifest. If the
     run diverges or runs out of memory and ``failure_marker`` is given (random
-    search), the reason is written there before the error is raised.
+    search), the reason is written there before the error is raised. With
+    ``train.distributed`` asking for more than one process, the ranks are
+    started here (``snakemaps.train.distributed``; rank 0 appends to
+    ``log_file``) and ``threads`` are shared among this node's ranks.
 
     ``tracking`` is the config's ``tracking`` section: with ``mlflow`` true the
     training is logged to MLflow (``snakemaps.train.tracking``), with the
@@ -63,13 +67,26 @@ def train_split(
 
     Only one job trains a split at a time (``snakemaps.ownership``): a job
     that finds another one training it waits for it, and has nothing left to
-    do if that job finished the split meanwhile.
+    do if that job finished the split meanwhile. The lock is held here, by the
+    job, for all of its ranks.
     """
+    import os
+
     from ..ownership import own_split
+    from . import distributed
 
     split_dir = Maps(maps_dir).split(split)
     final = split_dir.models.final.model_pt
     before = _stamp(final)
+    kwargs = {
+        "maps_dir": str(maps_dir),
+        "split": split,
+        "train": dict(train),
+        "failure_marker": str(failure_marker) if failure_marker else None,
+        "tracking": dict(tracking) if tracking else None,
+        "tracked_config": dict(tracked_config) if tracked_config else None,
+        "search_run": search_run,
+    }
     with own_split(split_dir.tmp.path, split) as ownership:
         if ownership.waited_for is not None and final.exists() and _stamp(final) != before:
             logger.info(
@@ -77,9 +94,10 @@ def train_split(
                 split,
             )
             return final
-        return _train_split(
-            maps_dir, split, train, threads, failure_marker, tracking, tracked_config, search_run
-        )
+        if distributed.world_size(train["distributed"]) == 1:
+            return train_rank(threads=threads, **kwargs)
+        distributed.launch(kwargs, train, threads, os.environ, str(log_file) if log_file else None)
+        return final
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -90,16 +108,18 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def _train_split(
+def train_rank(
     maps_dir: str | Path,
     split: int,
     train: Mapping[str, Any],
-    threads: int,
-    failure_marker: str | Path | None,
-    tracking: Mapping[str, Any] | None,
-    tracked_config: Mapping[str, Any] | None,
-    search_run: str | None,
+    threads: int = 1,
+    failure_marker: str | Path | None = None,
+    tracking: Mapping[str, Any] | None = None,
+    tracked_config: Mapping[str, Any] | None = None,
+    search_run: str | None = None,
+    group: Any = None,
 ) -> Path:
+    """Train split ``split`` in this process: alone, or as one rank of ``group``."""
     import torch
 
     from .. import io
@@ -114,6 +134,7 @@ def _train_split(
         ProgressLogger,
         ResumeCheckpoint,
     )
+    from .distributed import SINGLE
     from .trainer import (
         Objective,
         Settings,
@@ -123,12 +144,15 @@ def _train_split(
         seed_everything,
     )
 
+    group = group or SINGLE
     maps = Maps(maps_dir)
     split_dir = maps.split(split)
     torch.set_num_threads(threads)
-    device = resolve_device(train["device"])
+    device = group.device or resolve_device(train["device"])
     seed = train["seed"] + split
-    seed_everything(seed, train["deterministic"])
+    # Every rank its own random stream (dropout, augmentation); DDP gives all
+    # ranks rank 0's initial weights.
+    seed_everything(seed + group.rank, train["deterministic"])
     manifest = load_manifest(maps_dir)
     model = io.read_json(maps.model_json)
     classes = model["classes"]
@@ -140,16 +164,18 @@ def _train_split(
     network = network.to(
         device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
     )
-    with io.locked(maps.nn_summary_txt):
-        if not maps.nn_summary_txt.exists():
-            Maps.save_file(summary(network, model["input_shape"]), maps.nn_summary_txt)
-            Maps.save_file(str(network) + "\n", maps.architecture_log, overwrite=True)
+    if group.writer:
+        with io.locked(maps.nn_summary_txt):
+            if not maps.nn_summary_txt.exists():
+                Maps.save_file(summary(network, model["input_shape"]), maps.nn_summary_txt)
+                Maps.save_file(str(network) + "\n", maps.architecture_log, overwrite=True)
     optimizer = build_optimizer(
         train["optimizer"], network.parameters(), train["learning_rate"], train["weight_decay"]
     )
     scheduler = build_scheduler(optimizer, train["lr_scheduler"], train["epochs"])
     if train["compile"]:
         network = torch.compile(network)
+    network = group.wrap(network)
 
     cuda = device.type == "cuda"
     callbacks = [
@@ -165,12 +191,16 @@ def _train_split(
         callbacks.insert(
             1, EarlyStopping(stopping["metric"], stopping["patience"], stopping["tolerance"])
         )
-    if tracking and tracking.get("mlflow"):
+    if tracking and tracking.get("mlflow") and group.writer:  # one MLflow run: rank 0's
         from .tracking import mlflow_callback
 
         params = {"train": dict(train), "model": model, **dict(tracked_config or {})}
         callbacks.append(mlflow_callback(tracking, maps_dir, split, params, search_run))
     callbacks.append(ResumeCheckpoint(train["checkpoint_every"]))
+    if not group.writer:  # the callbacks that only write: rank 0's
+        callbacks = [
+            c for c in callbacks if isinstance(c, (LRScheduler, EarlyStopping, ResumeCheckpoint))
+        ]
 
     settings = Settings(
         epochs=train["epochs"],
@@ -188,6 +218,8 @@ def _train_split(
         num_workers=train["num_workers"],
     )
     semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
+    # The world size decides the batches; how ranks are spread over nodes does not.
+    semantic["distributed"] = group.world_size
     trainer = Trainer(
         maps=maps,
         split=split,
@@ -201,17 +233,20 @@ def _train_split(
         callbacks=callbacks,
         fingerprint=fingerprint(semantic, model["network"], manifest["hash"], split),
         objective=Objective.of(model),
+        group=group,
     )
-    Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
-    maps.record_run(
-        "train",
-        {
-            "step": f"train split-{split}",
-            "config": dict(train),
-            "split_manifest_hash": manifest["hash"],
-            **system_facts(device),
-        },
-    )
+    if group.writer:
+        Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
+        maps.record_run(
+            "train",
+            {
+                "step": f"train split-{split}",
+                "config": dict(train),
+                "split_manifest_hash": manifest["hash"],
+                "world_size": group.world_size,
+                **system_facts(device),
+            },
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         try:
@@ -223,10 +258,11 @@ def _train_split(
                 )
             raise
         finally:
-            text = "".join(
-                f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
-            )
-            Maps.save_file(text, split_dir.warning_log, overwrite=True)
+            if group.writer:
+                text = "".join(
+                    f"{w.filename}:{w.lineno}: {w.category.__name__}: {w.message}\n" for w in caught
+                )
+                Maps.save_file(text, split_dir.warning_log, overwrite=True)
     return split_dir.models.final.model_pt
 
 
@@ -240,6 +276,10 @@ def computational_json(trainer: Any) -> dict[str, Any]:
         "channels_last": trainer.settings.channels_last,
         "seed": trainer.settings.seed,
         "deterministic": trainer.settings.deterministic,
+        "world_size": trainer.group.world_size,
+        "backend": ("nccl" if trainer.device.type == "cuda" else "gloo")
+        if trainer.group.distributed
+        else None,
     }
 
 

@@ -334,8 +334,8 @@ class ComputationalMonitor(Callback):
             self.gpu_start.record()
 
     def on_batch_end(self, trainer: Trainer, **_: Any) -> None:
-        if trainer.state.stage == "train":
-            self.samples += trainer.last_batch_size
+        if trainer.state.stage == "train":  # every rank's batch, as large as this one's
+            self.samples += trainer.last_batch_size * trainer.group.world_size
 
     def on_epoch_end(self, trainer: Trainer, **_: Any) -> None:
         import torch
@@ -463,6 +463,8 @@ class ResumeCheckpoint(Callback):
             trainer.write_checkpoint()
 
     def on_train_end(self, trainer: Trainer, **_: Any) -> None:
+        if not trainer.group.writer:
+            return
         # The split's owner record and lock stay until the training job lets go.
         tmp = trainer.split_dir.tmp.path
         tmp.mkdir(parents=True, exist_ok=True)

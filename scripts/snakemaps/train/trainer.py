@@ -42,6 +42,7 @@ from .callbacks import (
     ComputationalMonitor,
     TableLog,
 )
+from .distributed import SINGLE, Group, bare, evaluation_network
 
 logger = logging.getLogger("snakemaps.train")
 
@@ -129,14 +130,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def state_dict_for_maps(network: nn.Module) -> dict[str, torch.Tensor]:
     """Weights as ClinicaDL stores them: keys prefixed with ``network.``, on the CPU."""
-    network = getattr(network, "_orig_mod", network)
-    return {f"network.{k}": v.detach().cpu() for k, v in network.state_dict().items()}
+    return {f"network.{k}": v.detach().cpu() for k, v in bare(network).state_dict().items()}
 
 
 def load_maps_weights(network: nn.Module, path: str | Path) -> nn.Module:
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = {k.removeprefix("network."): v for k, v in state.items()}
-    getattr(network, "_orig_mod", network).load_state_dict(state)
+    bare(network).load_state_dict(state)
     return network
 
 
@@ -259,14 +259,16 @@ def predict(
     dtype: torch.dtype | None,
     on_batch: Any = None,
     objective: Objective = Objective(),
+    share: Sequence[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Evaluate in data order: (indices, labels, outputs, per-image losses).
 
     Outputs are class probabilities, or predictions for a regression.
+    ``share`` restricts the evaluation to those images (a rank's share).
     """
     network.eval()
     all_idx, all_y, all_p, all_l = [], [], [], []
-    plan = batches.plan(range(len(batches.dataset)))
+    plan = batches.plan(range(len(batches.dataset)) if share is None else share)
     with torch.inference_mode():
         for images, labels, indices in batches.iterate(plan):
             if on_batch:
@@ -281,6 +283,8 @@ def predict(
             all_l.append(objective.loss(output, labels, reduction="none").cpu().numpy())
             if on_batch:
                 on_batch("end", images, output)
+    if not all_idx:  # an empty share
+        return (np.zeros(0, int), np.zeros(0, int), np.zeros((0, 0)), np.zeros(0))
     return tuple(np.concatenate(a) for a in (all_idx, all_y, all_p, all_l))
 
 
@@ -389,8 +393,12 @@ class Trainer(Emitter):
         callbacks: Sequence[Callback],
         fingerprint: str,
         objective: Objective = Objective(),
+        group: Group = SINGLE,
     ) -> None:
         self.maps, self.split_dir = maps, maps.split(split)
+        self.group = group
+        # Validation and precise BN run on each rank's module, outside DDP.
+        self.eval_network = evaluation_network(network)
         self.objective = objective
         self.settings, self.device = settings, settings.device
         self.network, self.optimizer, self.optimizer_name = network, optimizer, optimizer_name
@@ -418,7 +426,7 @@ class Trainer(Emitter):
         self.state = TrainerState(
             num_epochs=settings.epochs,
             split_idx=split,
-            num_train_batches=len(self.train_batches),
+            num_train_batches=math.ceil(group.num_samples(self.n_train) / settings.batch_size),
             num_val_batches=len(self.val_batches),
         )
         self.generator = torch.Generator().manual_seed(settings.seed)
@@ -470,12 +478,16 @@ class Trainer(Emitter):
         optimizer state keep changing after this returns); the logs as they
         stand are hard-linked into the checkpoint. The thread then writes and
         fsyncs the files and publishes the directory with one rename, while the
-        next epoch trains. ``finish_checkpoint`` waits for it.
+        next epoch trains. ``finish_checkpoint`` waits for it. Every rank calls
+        it; rank 0 gathers their random states and epoch orders and writes.
         """
         self.finish_checkpoint()
         start = time.perf_counter()
         tmp = self.split_dir.tmp
         epoch = self.state.current_epoch
+        ranks = self.group.all_gather({"rng": rng_state(), "epoch_order": self.epoch_order})
+        if not self.group.writer:
+            return tmp.epochs[epoch]
         partial = TmpEpoch(tmp.path / f".epoch-{epoch}.partial")
         shutil.rmtree(partial.path, ignore_errors=True)
         partial.callbacks.mkdir(parents=True)
@@ -485,9 +497,23 @@ class Trainer(Emitter):
             partial.scaler_pt: _torch_bytes(self.scaler.state_dict()),
             partial.path / "rng.pt": _torch_bytes(
                 {
-                    "rng": rng_state(),
+                    "rng": ranks[0]["rng"],
                     "generator": self.generator.get_state(),
                     "epoch_order": torch.tensor(self.epoch_order, dtype=torch.long),
+                    **(
+                        {
+                            "ranks": ranks,
+                            "sampler": {
+                                "epoch": epoch,
+                                "position": self.state.current_train_batch
+                                * self.settings.batch_size,
+                                "num_replicas": self.group.world_size,
+                                "seed": self.settings.seed,
+                            },
+                        }
+                        if self.group.distributed
+                        else {}
+                    ),
                 }
             ),
             partial.state_json: io.json_text(
@@ -570,9 +596,10 @@ class Trainer(Emitter):
         self.optimizer.load_state_dict(optim[self.optimizer_name])
         self.scaler.load_state_dict(torch.load(checkpoint.scaler_pt, weights_only=True))
         saved = torch.load(checkpoint.path / "rng.pt", weights_only=False)
-        set_rng_state(saved["rng"])
+        mine = saved["ranks"][self.group.rank] if self.group.distributed else saved
+        set_rng_state(mine["rng"])
         self.generator.set_state(saved["generator"])
-        self.epoch_order = saved["epoch_order"].tolist()
+        self.epoch_order = list(map(int, mine["epoch_order"]))
         for callback in self.callbacks:
             path = checkpoint.callbacks / f"{callback.name}.json"
             if path.exists():
@@ -596,7 +623,9 @@ class Trainer(Emitter):
         )
 
     def flush_logs(self, durable: bool = False) -> None:
-        """Write every log, the callbacks' included, as it stands."""
+        """Write every log, the callbacks' included, as it stands (rank 0)."""
+        if not self.group.writer:
+            return
         for log in self.logs():
             log.flush(durable)
 
@@ -617,7 +646,10 @@ class Trainer(Emitter):
 
     # The loop ------------------------------------------------------------------
     def fit(self) -> None:
-        checkpoint = self.latest_checkpoint()
+        # Rank 0 finds (and repairs) the checkpoint; every rank resumes from it.
+        found = self.latest_checkpoint() if self.group.writer else None
+        found = self.group.broadcast(None if found is None else str(found.path))
+        checkpoint = None if found is None else TmpEpoch(Path(found))
         try:
             with self.signals():
                 if checkpoint is not None:
@@ -641,6 +673,8 @@ class Trainer(Emitter):
 
     def clear_outputs(self) -> None:
         """A fresh start: remove what an earlier run of this split left."""
+        if not self.group.writer:
+            return
         split = self.split_dir
         for path in (split.logs.path, split.models.path, split.validation_metrics.path):
             shutil.rmtree(path, ignore_errors=True)
@@ -650,7 +684,9 @@ class Trainer(Emitter):
         resuming_mid_epoch = state.current_train_batch > 0 and self.epoch_order
         self.emit("on_epoch_start")
         if not resuming_mid_epoch:
-            self.epoch_order = torch.randperm(self.n_train, generator=self.generator).tolist()
+            self.epoch_order = self.group.order(
+                self.n_train, state.current_epoch, settings.seed, self.generator
+            )
             state.current_train_batch = 0
         plan = self.train_batches.plan(self.epoch_order)
         state.stage = "train"
@@ -666,23 +702,28 @@ class Trainer(Emitter):
                 break
             images, labels, _ = batch
             self.last_batch_size = len(labels)
+            step_ends = (
+                state.current_train_batch + 1
+            ) % settings.accumulation_steps == 0 or state.current_train_batch + 1 == len(plan)
             self.emit("on_batch_start", batch=batch)
             self.emit("on_forward_step_start", batch=batch)
-            with (
-                self.timed("forward"),
-                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None),
-            ):
-                loss = self.objective.loss(self.network(images), labels)
-            self.emit("on_backward_step_start", loss=loss, grad_scaler=self.scaler)
-            with self.timed("backward"):
-                self.scaler.scale(loss / settings.accumulation_steps).backward()
+            with self.group.no_sync(self.network, step_ends):
+                with (
+                    self.timed("forward"),
+                    torch.autocast(
+                        self.device.type, dtype=self.dtype, enabled=self.dtype is not None
+                    ),
+                ):
+                    loss = self.objective.loss(self.network(images), labels)
+                self.emit("on_backward_step_start", loss=loss, grad_scaler=self.scaler)
+                with self.timed("backward"):
+                    self.scaler.scale(loss / settings.accumulation_steps).backward()
             self.emit("on_backward_step_end")
-            accumulated.append(loss.item())
+            # Mean over ranks; a signal any rank caught stops every rank after this batch.
+            value, stop = self.group.sync_batch(loss.item(), self.interrupt)
+            accumulated.append(value)
             state.current_train_batch += 1
-            if (
-                state.current_train_batch % settings.accumulation_steps == 0
-                or state.current_train_batch == len(plan)
-            ):
+            if step_ends:
                 self.emit(
                     "on_optimization_step_start",
                     optimizers={self.optimizer_name: self.optimizer},
@@ -719,12 +760,12 @@ class Trainer(Emitter):
                     loss=mean_loss,
                 )
             self.emit("on_batch_end")
-            if self.interrupt is not None:
+            if stop is not None:
                 self.flush_logs()
                 checkpoint = self.write_checkpoint()
                 self.finish_checkpoint()
                 raise TrainingInterrupted(
-                    f"stopped by signal {self.interrupt}; checkpoint {checkpoint.path} written. "
+                    f"stopped by signal {stop}; checkpoint {checkpoint.path} written. "
                     "Rerun the same snakemake command to resume."
                 )
         if self.monitor:
@@ -748,15 +789,22 @@ class Trainer(Emitter):
         start = time.perf_counter()
         with self.timed("bn_recalibration"):
             recalibrate_batchnorm(
-                self.network, self.train_batches, self.settings.bn_recalibration_batches, self.dtype
+                self.eval_network,
+                self.train_batches,
+                self.settings.bn_recalibration_batches,
+                self.dtype,
             )
         with self.timed("evaluation"):
-            indices, labels, outputs, losses = predict(
-                self.network,
-                self.val_batches,
-                self.dtype,
-                EvaluationEvents(self, self.metric_names),
-                self.objective,
+            # Each rank predicts its share; every rank gets all predictions, in data order.
+            indices, labels, outputs, losses = self.group.gather_predictions(
+                predict(
+                    self.eval_network,
+                    self.val_batches,
+                    self.dtype,
+                    EvaluationEvents(self, self.metric_names),
+                    self.objective,
+                    self.group.shard(self.n_val),
+                )
             )
         with self.timed("metric"):
             values = M.compute(self.metric_names, labels, outputs, losses)
