@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from conftest import TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 UP = ROOT / "tests" / "slurm" / "up.sh"
@@ -205,20 +206,6 @@ def test_toy_workflow_runs_through_slurm(slurm_cluster, tmp_path: Path) -> None:
     assert overlaps, f"no two jobs ran at the same time: {first_wave}"
 
 
-DEMO = {
-    "data": {
-        "synthetic": {
-            "n_participants": 16,
-            "n_test_participants": 6,
-            "n_sessions": 2,
-            "shape": [24, 28, 24],
-        }
-    },
-    "split": {"n_splits": 2},
-    "train": {"epochs": 2, "batch_size": 4},
-}
-
-
 @pytest.mark.parametrize(
     ("case", "expected"),
     [
@@ -259,7 +246,7 @@ def test_a_request_slurm_can_never_start_stops_the_run_before_any_sbatch(
 ) -> None:
     import yaml
 
-    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(DEMO))
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(TINY))  # never trained: refused first
     env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
     env["SNAKEMAPS_SLURM_PARTITION"] = "nosuch" if case == "unknown partition" else PARTITION
     overrides = [] if case == "profile as shipped" else _profile_overrides()
