@@ -83,7 +83,7 @@ def maps_dir(tmp_path_factory):
     for i in range(6):
         path = root / "images" / f"sub-{i:02d}.nii.gz"
         nib.save(nib.Nifti1Image(rng.random(SHAPE).astype(np.float32), affine), path)
-        rows.append(("sub-%02d" % i, "ses-M000", CLASSES[i % 2], str(path)))
+        rows.append((f"sub-{i:02d}", "ses-M000", CLASSES[i % 2], str(path)))
     table = root / "group.tsv"
     pd.DataFrame(rows, columns=["participant_id", "session_id", "label", "image"]).to_csv(
         table, sep="\t", index=False
@@ -140,7 +140,7 @@ def test_class_maps_are_the_means_of_their_images(maps_dir, interpreted):
     path, _ = maps_dir
     out = folder(path, "grad-cam")
     details = pd.read_csv(out / "details.tsv", sep="\t")
-    load = lambda name: torch.load(out / name, weights_only=True)  # noqa: E731
+    load = lambda name: torch.load(out / name, weights_only=True)
     for label in ("AD", "CN"):
         maps = [load(m) for m in details.loc[details["label"] == label, "map"]]
         assert load(f"mean_label-{label}_image-0_map.pt") == pytest.approx(
@@ -218,7 +218,9 @@ def test_figure_overlays_each_class_map(maps_dir, interpreted, tmp_path):
     from snakemaps.report.interpretation import interpretation_figure
 
     path, _ = maps_dir
-    out = interpretation_figure(path, "test", 0, "best-loss", ["gradients", "grad-cam"], tmp_path / "f.png")
+    out = interpretation_figure(
+        path, "test", 0, "best-loss", ["gradients", "grad-cam"], tmp_path / "f.png"
+    )
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
 
 

@@ -149,8 +149,8 @@ def source_affines(manifest: str | Path, frame: pd.DataFrame) -> list[np.ndarray
     found = []
     for row in frame.itertuples(index=False):
         key = f"{row.participant_id}_{row.session_id}"
-        affine = recorded[key] if recorded is not None and key in recorded else image_affine(
-            row.image
+        affine = (
+            recorded[key] if recorded is not None and key in recorded else image_affine(row.image)
         )
         found.append(None if affine is None else np.asarray(affine, dtype=float))
     return found

@@ -114,11 +114,8 @@ def interpretation_jobs(
     return [(g, int(k), m) for g in chosen for k in splits for m in models]
 
 
-def output_dirs(
-    maps: str, group: str, split: int, model: str, methods: Sequence[str]
-) -> list[str]:
+def output_dirs(maps: str, group: str, split: int, model: str, methods: Sequence[str]) -> list[str]:
     """The folders one interpretation job writes, one per method."""
     return [
-        f"{maps}/test/group-{group}/results/split-{split}/{model}/{method_dir(m)}"
-        for m in methods
+        f"{maps}/test/group-{group}/results/split-{split}/{model}/{method_dir(m)}" for m in methods
     ]

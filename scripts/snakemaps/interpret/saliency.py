@@ -113,7 +113,9 @@ def write_map(folder: Path, name: str, array: np.ndarray, affine: np.ndarray | N
 
     array = np.asarray(array, dtype=np.float32)
     torch.save(torch.from_numpy(array.copy()), folder / f"{name}.pt")
-    image = nib.Nifti1Image(array.reshape(array.shape[-3:]), np.eye(4) if affine is None else affine)
+    image = nib.Nifti1Image(
+        array.reshape(array.shape[-3:]), np.eye(4) if affine is None else affine
+    )
     image.header.set_xyzt_units("mm")
     nib.save(image, str(folder / f"{name}.nii.gz"))
 
@@ -180,7 +182,9 @@ def interpret_group(
     explain = Attributions(network, methods, level_grad_cam)
     data = CachedImages(frame, classes)
 
-    folders = {m: group_dir.results.splits[split].models[model].path / method_dir(m) for m in methods}
+    folders = {
+        m: group_dir.results.splits[split].models[model].path / method_dir(m) for m in methods
+    }
     staging = {}
     for method, folder in folders.items():
         folder.parent.mkdir(parents=True, exist_ok=True)

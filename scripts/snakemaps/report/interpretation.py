@@ -101,7 +101,12 @@ def interpretation_figure(
             shown = np.ma.masked_less(_slice(volume, axis, peak[axis]) / top, SHOWN_FROM)
             ax.imshow(_slice(mean, axis, peak[axis]), cmap="gray", origin="lower")
             overlay = ax.imshow(
-                shown, cmap="hot", vmin=0, vmax=1, alpha=0.75, origin="lower",
+                shown,
+                cmap="hot",
+                vmin=0,
+                vmax=1,
+                alpha=0.75,
+                origin="lower",
                 interpolation="nearest",
             )
             ax.set_aspect(zooms[rest[1]] / zooms[rest[0]])
