@@ -3,7 +3,7 @@
 The demo cohort's AD signal is atrophy of both medial temporal lobes. A small
 cohort with a strong effect trains in a few seconds to a model that tells AD
 from CN; its AD-class maps (config/examples/interpret.yaml: the AD score
-explained, Grad-CAM on the second block) must be highest inside the
+explained, Grad-CAM on the third block) must be highest inside the
 generator's atrophy mask.
 """
 
@@ -24,7 +24,7 @@ SHAPE = [24, 28, 24]
 CONFIG = {
     "data": {
         "synthetic": {
-            "n_participants": 40,
+            "n_participants": 80,
             "n_test_participants": 12,
             "n_sessions": 1,
             "shape": SHAPE,
@@ -32,14 +32,15 @@ CONFIG = {
         }
     },
     "split": {"n_splits": 1},
-    "train": {"epochs": 8, "batch_size": 4, "save_epochs": []},
+    "train": {"epochs": 10, "batch_size": 4, "save_epochs": []},
     **yaml.safe_load((ROOT / "config" / "examples" / "interpret.yaml").read_text()),
 }
 RESULT = "results/maps/test/group-test/results/split-0/best-loss"
 FIGURE = "reports/results/maps/group-test/interpretation_split-0_best-loss.png"
-# Mean attribution inside the atrophy mask over the mean in the rest of the brain:
-# measured 2.6 (gradients) and 2.8 (Grad-CAM) for this config; 1 is no preference.
-MIN_RATIO = 1.5
+# Mean attribution inside the atrophy mask over the mean in the rest of the brain (1:
+# no preference). Measured with this config for train.seed 0, 1, 2 (every test image
+# right): gradients 5.3, 5.8, 5.6; Grad-CAM 2.0, 2.1, 1.8.
+MIN_RATIO = {"gradients": 3.0, "grad-cam": 1.5}
 
 
 @pytest.fixture(scope="module")
@@ -50,31 +51,36 @@ def run(tmp_path_factory):
     return workdir
 
 
-def brain_and_mask(workdir):
+def held_out(workdir):
     test = pd.read_csv(workdir / "results/data/synthetic/test.tsv", sep="\t")
-    images = [nib.load(workdir / "results/data/synthetic" / p) for p in test["image"]]
+    return test, [nib.load(workdir / "results/data/synthetic" / p) for p in test["image"]]
+
+
+def brain_and_mask(workdir):
+    _, images = held_out(workdir)
     mean = np.mean([np.asarray(i.get_fdata()) for i in images], axis=0)
-    return mean > 0.05, atrophy_mask(SHAPE), images[0].affine
+    return mean > 0.05, atrophy_mask(SHAPE)
 
 
 @pytest.mark.parametrize("method", ["gradients", "grad-cam"])
 def test_ad_map_is_highest_in_the_medial_temporal_atrophy(run, method):
-    brain, mask, _ = brain_and_mask(run)
+    brain, mask = brain_and_mask(run)
     folder = run / RESULT / f"interpret-{method}"
     ad = torch.load(folder / "mean_label-AD_image-0_map.pt", weights_only=True)[0].numpy()
     ratio = ad[mask].mean() / ad[brain & ~mask].mean()
     validation = pd.read_csv(
         run / "results/maps/training/split-0/validation_metrics/aggregated.tsv", sep="\t"
     )
-    assert ratio > MIN_RATIO, (ratio, validation[["epoch", "loss", "BalancedAccuracy"]])
+    assert ratio > MIN_RATIO[method], (ratio, validation[["epoch", "loss", "BalancedAccuracy"]])
 
 
 def test_maps_open_in_the_input_images_space(run):
-    _, _, affine = brain_and_mask(run)
+    test, images = held_out(run)
+    first = f"{test['participant_id'][0]}_{test['session_id'][0]}_image-0_map.nii.gz"
     folder = run / RESULT / "interpret-grad-cam"
-    for name in ("mean_label-AD_image-0_map.nii.gz", "sub-0041_ses-M000_image-0_map.nii.gz"):
+    for name in ("mean_label-AD_image-0_map.nii.gz", first):
         image = nib.load(folder / name)
-        assert image.shape == tuple(SHAPE) and np.allclose(image.affine, affine)
+        assert image.shape == tuple(SHAPE) and np.allclose(image.affine, images[0].affine)
     assert (run / FIGURE).stat().st_size > 20_000
 
 
