@@ -15,7 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from snakemaps.data.synthetic import generate_cohort, generated_paths
+from snakemaps.data.synthetic import atrophy_mask, generate_cohort, generated_paths
 from snakemaps.errors import UserError
 
 SMALL = {"n_participants": 12, "n_test_participants": 6, "max_sessions": 3, "shape": (24, 28, 24)}
@@ -179,6 +179,18 @@ def test_a_one_participant_test_group_is_refused_with_the_reason(tmp_path):
     with pytest.raises(UserError, match=r"0 \(no test group\) or an integer >= 2.*single class"):
         generate_cohort(tmp_path / "out", **{**SMALL, "n_test_participants": 1})
     assert not (tmp_path / "out").exists()
+def test_atrophy_mask_is_where_ad_and_cn_images_differ(cohort):
+    _, paths = cohort
+    frame = read(paths["participants"])
+    images = dict(zip(frame.index, voxels(paths["participants"])))
+    mask = atrophy_mask(SMALL["shape"])
+    assert mask.shape == SMALL["shape"] and 0 < mask.mean() < 0.05
+    gap = np.mean([images[i] for i in frame.index[frame.label == "CN"]], axis=0) - np.mean(
+        [images[i] for i in frame.index[frame.label == "AD"]], axis=0
+    )
+    brain = np.mean(list(images.values()), axis=0) > 0.05
+    assert gap[mask].mean() > 0.1  # AD darker inside (tissue -> CSF)
+    assert abs(gap[brain & ~mask].mean()) < gap[mask].mean() / 5  # no such change outside
 
 
 def test_effect_size_scales_a_medial_temporal_change(tmp_path):

@@ -186,8 +186,57 @@ def group_results(wildcards):
     return group_results_of(wildcards.maps, wildcards.group)
 
 
+def interpreted_model(wildcards):
+    """The weights rule interpret reads; epoch-<e> models exist once final is written."""
+    model = wildcards.model
+    folder = f"best_models/{model}" if model.startswith("best-") else "final"
+    return f"{wildcards.maps}/training/split-{wildcards.split}/models/{folder}/model.pt"
+
+
+def interpret_jobs(maps):
+    """(group, split, model) of every interpretation the config asks for (none when off)."""
+    from snakemaps.errors import UserError
+    from snakemaps.interpret import interpretation_jobs
+
+    settings = experiment(maps)
+    try:
+        return interpretation_jobs(
+            settings["interpret"],
+            groups=list(test_groups()),
+            n_splits=settings["split"]["n_splits"],
+            train=settings["train"],
+            task=settings["data"]["task"],
+        )
+    except UserError as error:
+        raise WorkflowError(str(error)) from None
+
+
+def interpret_targets(maps):
+    from snakemaps.interpret import output_dirs
+
+    methods = experiment(maps)["interpret"]["methods"]
+    return [
+        path
+        for group, split, model in interpret_jobs(maps)
+        for path in output_dirs(maps, group, split, model, methods)
+    ]
+
+
+def interpretation_dirs(wildcards):
+    """The interpret-<method>/ folders of one (maps, group, split, model)."""
+    from snakemaps.interpret import output_dirs
+
+    return output_dirs(
+        wildcards.maps,
+        wildcards.group,
+        int(wildcards.split),
+        wildcards.model,
+        experiment(wildcards.maps)["interpret"]["methods"],
+    )
+
+
 def maps_targets(maps):
-    """Every final output of one MAPS: validation and test results, summaries, env."""
+    """Every final output of one MAPS: validation and test results, summaries, env, maps."""
     targets = [f"{maps}/env/environment.txt"]
     for k in splits(maps):
         targets += [
@@ -198,7 +247,7 @@ def maps_targets(maps):
         targets += [
             f"{maps}/test/group-{group}/summary-{metric}.tsv" for metric in MONITOR
         ]
-    return targets
+    return targets + interpret_targets(maps)
 
 
 # Random search. Runs are sampled while the DAG is built (sampling is
@@ -351,6 +400,7 @@ LOCAL_RULES = [
     "report_test_metrics",
     "report_test_figure",
     "report_environment",
+    "report_interpretation",
 ]
 SUBMITTED = {
     name.strip()

@@ -5,8 +5,9 @@
 
 REPORT_MODEL = r"best-[A-Za-z][A-Za-z0-9]*|final"
 
-# Every report file of one MAPS: learning curves, environment page, and per test
-# group the test metrics and a confusion matrix + ROC figure per model. (Lambdas,
+# Every report file of one MAPS: learning curves, environment page, per test
+# group the test metrics and a confusion matrix + ROC figure per model, and a
+# saliency figure per interpreted model (config key interpret). (Lambdas,
 # not functions: `snakemake --lint` refuses functions beside rules.)
 report_targets = lambda maps: [
     f"reports/{maps}/learning_curves.png",
@@ -16,6 +17,10 @@ report_targets = lambda maps: [
         f"reports/{maps}/group-{group}/{PER_MODEL_FIGURE}_{model}.png"
         for group in test_groups()
         for model in MODEL_NAMES
+    ),
+    *(
+        f"reports/{maps}/group-{group}/interpretation_split-{split}_{model}.png"
+        for group, split, model in interpret_jobs(maps)
     ),
 ]
 # Per model and test group: a confusion matrix + ROC, or for a regression the
@@ -101,6 +106,29 @@ rule report_test_figure:
         splits=lambda wildcards: splits(wildcards.maps),
     script:
         "../scripts/report_test_figure.py"
+
+
+rule report_interpretation:
+    input:
+        interpretation_dirs,
+    output:
+        report(
+            "reports/{maps}/group-{group}/interpretation_split-{split}_{model}.png",
+            category="Interpretation",
+            subcategory="{maps}: group {group}",
+            caption="report/interpretation.rst",
+            labels={"figure": "saliency maps", "split": "{split}", "model": "{model}"},
+        ),
+    log:
+        "logs/{maps}/report_interpretation-{group}_split-{split}_{model}.log",
+    wildcard_constraints:
+        model=INTERPRET_MODEL,
+    conda:
+        "../envs/snakemaps.yaml"
+    params:
+        methods=config["interpret"]["methods"],
+    script:
+        "../scripts/report_interpretation.py"
 
 
 rule report_environment:

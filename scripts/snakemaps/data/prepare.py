@@ -73,11 +73,14 @@ def prepare_cache(
     """Convert every image of ``table`` to ``cache_dir/<participant>_<session>.npy``.
 
     Writes ``manifest`` (the table plus a ``tensor`` column relative to the
-    manifest's folder). All images must share one shape.
+    manifest's folder) and ``manifest.json`` (the shape, and each NIfTI
+    image's affine, so that maps computed on the tensors can be written back
+    in the image's space). All images must share one shape.
     """
     frame = read_table(table, label=label, key=key)
     cache_dir, manifest = Path(cache_dir), Path(manifest)
     tensors, shape, reused, started = [], None, 0, time.monotonic()
+    affines: dict[str, list[list[float]] | None] = {}
     for i, row in enumerate(frame.itertuples(index=False)):
         target = cache_dir / f"{row.participant_id}_{row.session_id}.npy"
         source = Path(row.image)
@@ -99,11 +102,14 @@ def prepare_cache(
                 f"image {source} has shape {tensor_shape} but earlier images have {shape}; "
                 "all images of a data set must share one shape (resample them first)"
             )
+        affines[f"{row.participant_id}_{row.session_id}"] = image_affine(source)
         tensors.append(os.path.relpath(target.resolve(), manifest.parent.resolve()))
         if (i + 1) % 50 == 0:
             logger.info("prepared %d/%d images", i + 1, len(frame))
     frame["tensor"] = tensors
-    io.write_json(info_path(manifest), {"shape": [1, *shape], "n_images": len(frame)})
+    io.write_json(
+        info_path(manifest), {"shape": [1, *shape], "n_images": len(frame), "affines": affines}
+    )
     io.write_tsv(manifest, frame)
     logger.info(
         "tensor cache ready: %d images of shape %s (%d reused) in %.1f s -> %s",
@@ -117,8 +123,37 @@ def prepare_cache(
 
 
 def info_path(manifest: str | Path) -> Path:
-    """``<manifest>.json``: the cached tensors' shape (channel first) and count."""
+    """``<manifest>.json``: the cached tensors' shape (channel first), count and affines."""
     return Path(manifest).with_suffix(".json")
+
+
+def image_affine(path: str | Path) -> list[list[float]] | None:
+    """The voxel-to-world affine of a NIfTI image (its header only), None for .npy / .pt."""
+    if not Path(path).name.endswith((".nii", ".nii.gz")):
+        return None
+    import nibabel as nib
+
+    try:
+        return np.asarray(nib.load(str(path)).affine, dtype=float).tolist()
+    except Exception as error:  # noqa: BLE001 - any header failure means an unreadable image
+        raise UserError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
+
+
+def source_affines(manifest: str | Path, frame: pd.DataFrame) -> list[np.ndarray | None]:
+    """The affine of each row's source image (None: not a NIfTI image).
+
+    Read from ``manifest.json``; a cache written before affines were recorded
+    there falls back to the source images' headers.
+    """
+    recorded = io.read_json(info_path(manifest)).get("affines")
+    found = []
+    for row in frame.itertuples(index=False):
+        key = f"{row.participant_id}_{row.session_id}"
+        affine = (
+            recorded[key] if recorded is not None and key in recorded else image_affine(row.image)
+        )
+        found.append(None if affine is None else np.asarray(affine, dtype=float))
+    return found
 
 
 def read_manifest(manifest: str | Path) -> pd.DataFrame:

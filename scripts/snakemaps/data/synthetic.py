@@ -202,6 +202,19 @@ def generate_cohort(
     return {name: paths[name] for name in chosen}
 
 
+def atrophy_mask(shape: Sequence[int] = (40, 48, 40), level: float = 0.5) -> np.ndarray:
+    """Where the AD signal is, in the images' voxel space: a boolean array of ``shape``.
+
+    True where the medial temporal atrophy weight (1 at the hippocampi, MNI
+    (+-25, -20, -15) mm, falling off over ``MTL_RADII_MM``) is at least
+    ``level``, on the grid every image of ``generate_cohort(shape=shape)`` is
+    written on (participants' small anatomical deformations aside).
+    """
+    grid = _grid(_check_shape(shape))
+    weight = sum(_ellipsoid(grid.points_mm, centre, MTL_RADII_MM) for centre in MTL_CENTRES_MM)
+    return np.asarray(weight).reshape(grid.shape) >= level
+
+
 # ----------------------------------------------------------------------------- validation
 
 
