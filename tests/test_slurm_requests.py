@@ -82,3 +82,15 @@ def test_the_profiles_partition_is_read_from_its_default_resources():
     assert profile_partition(["mem_mb=2000", "slurm_partition='gpu'"]) == "gpu"
     assert profile_partition(["slurm_partition=os.environ['P']"]) is None  # not a literal
     assert profile_partition(["mem_mb=2000"]) is None
+
+
+def test_an_unknown_rule_in_snakemaps_submit_is_refused_naming_it(tmp_path, monkeypatch):
+    """SNAKEMAPS_SUBMIT names local rules to submit anyway; a typo must not be ignored."""
+    from conftest import TINY, run_snakemake
+
+    monkeypatch.setenv("SNAKEMAPS_SUBMIT", "validate,valdiate")
+    result = run_snakemake(tmp_path, "-n", config=TINY)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "SNAKEMAPS_SUBMIT names ['valdiate'], which are not rules that run locally" in output
+    assert not (tmp_path / "results").exists()

@@ -112,8 +112,7 @@ GROUPS = ("participants", "test")
 
 def generated_paths(out_dir: str | Path) -> dict[str, Path]:
     """The TSVs that ``generate_cohort(out_dir, ...)`` writes (nothing is generated)."""
-    out_dir = Path(out_dir)
-    return {"participants": out_dir / "participants.tsv", "test": out_dir / "test.tsv"}
+    return {name: Path(out_dir) / f"{name}.tsv" for name in GROUPS}
 
 
 def generate_cohort(
