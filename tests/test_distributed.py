@@ -56,7 +56,7 @@ class Images:
 
 def validation_metrics(group: Group) -> tuple[list[int], dict[str, float]]:
     from snakemaps.train import metrics as M
-    from snakemaps.train.trainer import Batches, predict
+    from snakemaps.train.evaluation import Batches, predict
 
     torch.manual_seed(0)
     network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(216, 2))

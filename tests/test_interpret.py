@@ -163,7 +163,7 @@ def test_nifti_maps_keep_the_source_affine_and_equal_the_tensors(maps_dir, inter
 def test_gradients_are_captums_saliency_of_the_predicted_class(maps_dir, interpreted):
     from captum.attr import Saliency
     from snakemaps.data.prepare import read_manifest
-    from snakemaps.train.trainer import load_maps_weights
+    from snakemaps.train.runtime import load_maps_weights
 
     path, _ = maps_dir
     maps = Maps(path)

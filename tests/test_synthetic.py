@@ -179,6 +179,8 @@ def test_a_one_participant_test_group_is_refused_with_the_reason(tmp_path):
     with pytest.raises(UserError, match=r"0 \(no test group\) or an integer >= 2.*single class"):
         generate_cohort(tmp_path / "out", **{**SMALL, "n_test_participants": 1})
     assert not (tmp_path / "out").exists()
+
+
 def test_atrophy_mask_is_where_ad_and_cn_images_differ(cohort):
     _, paths = cohort
     frame = read(paths["participants"])

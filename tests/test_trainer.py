@@ -12,7 +12,8 @@ from snakemaps.maps import Maps
 from snakemaps.models.description import resolve_description
 from snakemaps.models.network import build_network
 from snakemaps.train.callbacks import EVENTS, Callback, EarlyStopping, ModelCheckpoint
-from snakemaps.train.trainer import Evaluation, Objective, Settings, Trainer
+from snakemaps.train.evaluation import Evaluation, Objective
+from snakemaps.train.trainer import Settings, Trainer
 
 
 class Recorder(Callback):

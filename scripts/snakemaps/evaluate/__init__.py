@@ -62,7 +62,8 @@ def _evaluate(
     from ..data.dataset import CachedImages
     from ..models.network import build_network
     from ..train.callbacks import ProgressLogger
-    from ..train.trainer import Evaluation, Objective, amp_dtype, load_maps_weights, resolve_device
+    from ..train.evaluation import Evaluation, Objective
+    from ..train.runtime import amp_dtype, load_maps_weights, resolve_device
 
     torch.set_num_threads(threads)
     description = io.read_json(maps.model_json)

@@ -153,7 +153,7 @@ def interpret_group(
     from ..data.dataset import CachedImages
     from ..data.prepare import read_manifest, source_affines
     from ..models.network import build_network
-    from ..train.trainer import load_maps_weights, resolve_device
+    from ..train.runtime import load_maps_weights, resolve_device
 
     methods = check_methods(methods)
     torch.set_num_threads(threads)

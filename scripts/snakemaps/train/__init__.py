@@ -135,14 +135,9 @@ def train_rank(
         ResumeCheckpoint,
     )
     from .distributed import SINGLE
-    from .trainer import (
-        Objective,
-        Settings,
-        Trainer,
-        fingerprint,
-        resolve_device,
-        seed_everything,
-    )
+    from .evaluation import Objective
+    from .runtime import fingerprint, resolve_device, seed_everything
+    from .trainer import Settings, Trainer
 
     group = group or SINGLE
     maps = Maps(maps_dir)

@@ -199,7 +199,7 @@ def rank_device(setting: str, local_rank: int) -> Any:
     """This rank's device: its own GPU on CUDA, else the CPU."""
     import torch
 
-    from .trainer import resolve_device
+    from .runtime import resolve_device
 
     device = resolve_device(setting)
     if device.type != "cuda":
@@ -267,7 +267,7 @@ def launch(
         )
     import torch
 
-    from .trainer import resolve_device
+    from .runtime import resolve_device
 
     device = resolve_device(train["device"]).type
     check_gpus(device, processes, torch.cuda.device_count())
@@ -281,7 +281,7 @@ def _launch_local(spec: dict[str, Any], processes: int, env: Mapping[str, str]) 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    from .trainer import resolve_device
+    from .runtime import resolve_device
 
     timeout = spec["timeout"]
     config = LaunchConfig(

@@ -14,11 +14,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io as io_module
-import json
 import logging
 import math
 import os
-import random
 import shutil
 import signal
 import threading
@@ -42,32 +40,29 @@ from .callbacks import (
     ComputationalMonitor,
     TableLog,
 )
-from .distributed import SINGLE, Group, bare, evaluation_network
+from .distributed import SINGLE, Group, evaluation_network
+from .evaluation import (
+    Batches,
+    Emitter,
+    EvaluationEvents,
+    Objective,
+    predict,
+    recalibrate_batchnorm,
+)
+from .runtime import (
+    TrainerState,
+    amp_dtype,
+    load_maps_weights,
+    rng_state,
+    set_rng_state,
+    state_dict_for_maps,
+)
 
 logger = logging.getLogger("snakemaps.train")
 
 
 class TrainingInterrupted(Exception):
     """Raised after a checkpoint was written on SIGTERM/SIGUSR1; rerun to resume."""
-
-
-@dataclasses.dataclass
-class TrainerState:
-    """What ``state.json`` holds (ClinicaDL's TrainerState fields)."""
-
-    called: str = "train"
-    stage: str = "init"
-    should_stop: bool = False
-    current_train_batch: int = 0
-    num_train_batches: int = 0
-    current_val_batch: int = 0
-    num_val_batches: int = 0
-    current_test_batch: int = 0
-    num_test_batches: int = 0
-    current_epoch: int = 0
-    num_epochs: int = 0
-    optim_step: int = 0
-    split_idx: int = 0
 
 
 @dataclasses.dataclass
@@ -89,290 +84,10 @@ class Settings:
     num_workers: int = 0
 
 
-def resolve_device(setting: str) -> torch.device:
-    if setting == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(
-            f"train.device = {setting!r} but no CUDA device is visible; use 'auto' or 'cpu'"
-        )
-    return torch.device(setting)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-def rng_state() -> dict[str, Any]:
-    state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def state_dict_for_maps(network: nn.Module) -> dict[str, torch.Tensor]:
-    """Weights as ClinicaDL stores them: keys prefixed with ``network.``, on the CPU."""
-    return {f"network.{k}": v.detach().cpu() for k, v in bare(network).state_dict().items()}
-
-
-def load_maps_weights(network: nn.Module, path: str | Path) -> nn.Module:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k.removeprefix("network."): v for k, v in state.items()}
-    bare(network).load_state_dict(state)
-    return network
-
-
-def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
-class Batches:
-    """Mini-batches from an in-memory tensor (or a DataLoader over files)."""
-
-    def __init__(
-        self,
-        dataset: Any,
-        batch_size: int,
-        device: torch.device,
-        num_workers: int = 0,
-        channels_last: bool = False,
-    ) -> None:
-        self.dataset, self.batch_size, self.device = dataset, batch_size, device
-        self.num_workers = num_workers
-        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.pinned = device.type == "cuda"
-        if dataset.images is not None and self.pinned:
-            dataset.images = dataset.images.pin_memory()
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
-
-    def plan(self, order: Sequence[int]) -> list[list[int]]:
-        order = list(order)
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-
-    def iterate(
-        self, batches: Sequence[Sequence[int]]
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
-        if self.dataset.images is not None and self.num_workers == 0:
-            source = (
-                (self.dataset.images[idx], self.dataset.labels[idx], list(idx))
-                for idx in map(list, batches)
-            )
-        else:
-            from torch.utils.data import DataLoader
-
-            loader = DataLoader(
-                self.dataset,
-                batch_sampler=[list(b) for b in batches],
-                num_workers=self.num_workers,
-                pin_memory=self.pinned,
-            )
-            source = ((x, y, idx.tolist()) for x, y, idx in loader)
-        for images, labels, indices in source:
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
-            yield images, labels.to(self.device, non_blocking=True), indices
-
-
-def recalibrate_batchnorm(
-    network: nn.Module, batches: Batches, n_batches: int, dtype: torch.dtype | None
-) -> None:
-    """Recompute BatchNorm running statistics from training batches (precise BN).
-
-    Running averages trail the weights when they change fast, which makes
-    eval-mode predictions swing between epochs. The first ``n_batches`` in
-    data order are used (no randomness), with dropout off.
-    """
-    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms or n_batches == 0:
-        return
-    momenta = [m.momentum for m in norms]
-    network.eval()
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a plain average over the batches below
-        m.train()
-    plan = batches.plan(range(len(batches.dataset)))[:n_batches]
-    with torch.no_grad():
-        for images, _, _ in batches.iterate(plan):
-            with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
-                network(images)
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    network.train()
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-    """What the network's output means: class logits, or a standardized regression target.
-
-    ``target`` (regression only) holds the training labels' mean and standard
-    deviation: the loss is the squared error on the standardized target, and
-    predictions are given back in the label's units.
-    """
-
-    target: dict[str, float] | None = None
-
-    @classmethod
-    def of(cls, model: dict[str, Any]) -> Objective:
-        """The objective of a MAPS's ``model.json``."""
-        return cls(model["target"] if model.get("task") == "regression" else None)
-
-    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
-        output = output.float()
-        if self.target is None:
-            return nn.functional.cross_entropy(output, labels, reduction=reduction)
-        scaled = (labels - self.target["mean"]) / self.target["std"]
-        return nn.functional.mse_loss(output[:, 0], scaled, reduction=reduction)
-
-    def outputs(self, output: torch.Tensor) -> np.ndarray:
-        """Class probabilities (n, classes), or predictions in the label's units (n,)."""
-        output = output.float()
-        if self.target is None:
-            return torch.softmax(output, dim=1).cpu().numpy()
-        return (output[:, 0] * self.target["std"] + self.target["mean"]).cpu().numpy()
-
-
-def predict(
-    network: nn.Module,
-    batches: Batches,
-    dtype: torch.dtype | None,
-    on_batch: Any = None,
-    objective: Objective = Objective(),
-    share: Sequence[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Evaluate in data order: (indices, labels, outputs, per-image losses).
-
-    Outputs are class probabilities, or predictions for a regression.
-    ``share`` restricts the evaluation to those images (a rank's share).
-    """
-    network.eval()
-    all_idx, all_y, all_p, all_l = [], [], [], []
-    plan = batches.plan(range(len(batches.dataset)) if share is None else share)
-    with torch.inference_mode():
-        for images, labels, indices in batches.iterate(plan):
-            if on_batch:
-                on_batch("start", images, None)
-            with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
-                output = network(images)
-            if on_batch:
-                on_batch("output", images, output)
-            all_idx.append(np.asarray(indices))
-            all_y.append(labels.cpu().numpy())
-            all_p.append(objective.outputs(output))
-            all_l.append(objective.loss(output, labels, reduction="none").cpu().numpy())
-            if on_batch:
-                on_batch("end", images, output)
-    if not all_idx:  # an empty share
-        return (np.zeros(0, int), np.zeros(0, int), np.zeros((0, 0)), np.zeros(0))
-    return tuple(np.concatenate(a) for a in (all_idx, all_y, all_p, all_l))
-
-
-class Emitter:
-    """Sends callback events: each callback's ``on_<event>(self, **kwargs)``."""
-
-    callbacks: list[Callback]
-
-    def emit(self, event: str, **kwargs: Any) -> None:
-        for callback in self.callbacks:
-            getattr(callback, event)(self, **kwargs)
-
-
-class EvaluationEvents:
-    """The per-batch events of an evaluation, emitted by ``predict`` through ``on_batch``."""
-
-    def __init__(self, owner: Any, metric_names: Sequence[str]) -> None:
-        self.owner, self.metric_names = owner, list(metric_names)
-
-    def __call__(self, when: str, images: torch.Tensor, output: torch.Tensor | None) -> None:
-        emit, state = self.owner.emit, self.owner.state
-        if when == "start":
-            state.current_val_batch += 1
-            emit("on_batch_start", batch=images)
-            emit("on_evaluation_step_start", batch=images)
-        elif when == "output":
-            emit("on_metrics_computation_start", output=output, metrics=self.metric_names)
-        else:
-            emit("on_metrics_computation_end", detailed_metrics_df=None)
-            emit("on_batch_end")
-
-
-class Evaluation(Emitter):
-    """A standalone evaluation of a saved model: the validate and test steps.
-
-    Emits ``on_validate_start`` (``on_test_start`` for a test group), the
-    per-batch evaluation events, then ``on_validate_end`` (``on_test_end``)
-    with the metrics; ``on_exception`` on any error. Callbacks get this
-    object where training passes the trainer: ``state.called`` is
-    ``"validate"`` or ``"test"``, ``model`` the evaluated model's name and
-    ``data_name`` the data's ("validation", "group-<name>").
-    """
-
-    def __init__(
-        self,
-        *,
-        called: str,
-        split: int,
-        model: str,
-        data_name: str,
-        network: nn.Module,
-        data: Any,
-        batch_size: int,
-        device: torch.device,
-        dtype: torch.dtype | None,
-        metric_names: Sequence[str],
-        objective: Objective,
-        callbacks: Sequence[Callback] = (),
-    ) -> None:
-        self.called, self.model, self.network, self.data = called, model, network, data
-        self.data_name = data_name
-        self.device, self.dtype, self.objective = device, dtype, objective
-        self.metric_names, self.callbacks = list(metric_names), list(callbacks)
-        self.batches = Batches(data, batch_size, device)
-        self.state = TrainerState(
-            called=called, stage=called, split_idx=split, num_val_batches=len(self.batches)
-        )
-
-    def run(self) -> tuple[dict[str, float], pd.DataFrame]:
-        """The metrics and the per-image details of the model on the data."""
-        try:
-            self.emit(f"on_{self.called}_start")
-            indices, labels, outputs, losses = predict(
-                self.network,
-                self.batches,
-                self.dtype,
-                EvaluationEvents(self, self.metric_names),
-                self.objective,
-            )
-            values = M.compute(self.metric_names, labels, outputs, losses)
-            details = M.details_frame(
-                self.data.frame, indices, labels, outputs, losses, self.data.classes
-            )
-            self.emit(f"on_{self.called}_end", metrics=values)
-        except BaseException as error:
-            self.emit("on_exception", exception=error)
-            raise
-        return values, details
+def _torch_bytes(obj: Any) -> bytes:
+    buffer = io_module.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
 
 
 class Trainer(Emitter):
@@ -392,7 +107,7 @@ class Trainer(Emitter):
         metric_names: Sequence[str],
         callbacks: Sequence[Callback],
         fingerprint: str,
-        objective: Objective = Objective(),
+        objective: Objective = Objective(),  # noqa: B008 - a frozen dataclass
         group: Group = SINGLE,
     ) -> None:
         self.maps, self.split_dir = maps, maps.split(split)
@@ -821,12 +536,6 @@ class Trainer(Emitter):
         return values
 
 
-def _torch_bytes(obj: Any) -> bytes:
-    buffer = io_module.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
 class _Publisher:
     """Runs ``publish`` in a thread; ``wait`` joins it and re-raises its error."""
 
@@ -849,9 +558,3 @@ class _Publisher:
             raise OSError(
                 f"writing the resume checkpoint {self.target.path} failed: {self.error}"
             ) from self.error
-
-
-def fingerprint(*parts: Any) -> str:
-    from ..split import content_hash
-
-    return content_hash(json.loads(json.dumps(parts, default=str)))
