@@ -143,3 +143,48 @@ def tiny_config() -> dict:
     import copy
 
     return copy.deepcopy(TINY)
+
+
+# ClinicaDL 2.0's own MAPS reader, in a virtual environment of its own -----------------------
+
+CLINICADL = "clinicadl==2.0.0"
+READ_MAPS = ROOT / "tests" / "clinicadl" / "read_maps.py"
+
+
+@pytest.fixture(scope="session")
+def clinicadl_reader(tmp_path_factory):
+    """A function that opens a MAPS with ClinicaDL 2.0's ``Maps`` and walks all it exposes.
+
+    ClinicaDL is installed from PyPI without its dependencies into a virtual environment that
+    sees this interpreter's packages: its reader needs only torch, pandas, numpy and tqdm,
+    and its full dependency set (MONAI, TorchIO < 0.21, pydantic, ...) would fight ours.
+    Returns the reader's summary (splits, models per split, test groups, files opened).
+    """
+    import json
+
+    venv = tmp_path_factory.mktemp("clinicadl") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "--no-deps", CLINICADL],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert install.returncode == 0, f"pip install {CLINICADL} failed:\n{install.stderr[-3000:]}"
+
+    def read(maps_dir: Path, fails: bool = False) -> dict | str:
+        """The summary; with ``fails``, assert that ClinicaDL refuses and give its error."""
+        result = subprocess.run(
+            [str(python), str(READ_MAPS), str(maps_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if fails:
+            assert result.returncode != 0, f"ClinicaDL 2.0 read {maps_dir}"
+            return result.stderr
+        assert result.returncode == 0, f"ClinicaDL 2.0 could not read {maps_dir}:\n{result.stderr}"
+        return json.loads(result.stdout)
+
+    return read

@@ -70,6 +70,29 @@ def test_complete_maps_opens_and_has_every_file(demo):
     assert list(summary["split"]) == ["0", "1", "mean", "std"]
 
 
+def test_clinicadl_2_reader_opens_the_demo_maps(demo, clinicadl_reader, tmp_path):
+    """ClinicaDL 2.0's own ``Maps`` reads the MAPS and parses every file it exposes."""
+    workdir, _ = demo
+    seen = clinicadl_reader(workdir / "results" / "maps")
+    assert seen["splits"] == [0, 1]
+    assert seen["test_groups"] == ["test"]
+    for k in ("0", "1"):
+        assert seen["models"][k] == ["best-BalancedAccuracy", "best-loss", "epoch-2", "final"]
+        for name in seen["models"][k]:
+            folder = "best_models/" + name if name.startswith("best-") else name
+            folder = "checkpoints/" + name if name.startswith("epoch-") else folder
+            assert f"training/split-{k}/models/{folder}/model.pt" in seen["files"]
+            assert (
+                f"test/group-test/results/split-{k}/{name}/metrics/aggregated.tsv" in seen["files"]
+            )
+    for name in ("model.json", "metrics.json", "callbacks.json", "training/optimization.json"):
+        assert name in seen["files"]
+    # The same reader refuses a MAPS without one of its mandatory files.
+    broken = shutil.copytree(workdir / "results" / "maps", tmp_path / "maps")
+    (broken / "model.json").unlink()
+    assert "model.json" in clinicadl_reader(broken, fails=True)
+
+
 def test_completeness_check_fails_on_a_missing_file(demo, tmp_path):
     """The strict check refuses the workflow's MAPS once a file it wrote is gone."""
     import shutil
