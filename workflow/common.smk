@@ -344,7 +344,14 @@ def random_search_runs():
         try:
             check_datasets(dataset_specs_of(experiment))
         except WorkflowError as error:
-            raise WorkflowError(f"random search {job}: {error}") from None
+            from snakemaps.search.sampling import DATA_KEYS
+
+            options = runs[job][0]
+            mapped = ", ".join(
+                f"{key} -> data.{DATA_KEYS[key]}" for key in DATA_KEYS if key in options
+            )
+            where = f" (random_search.json {mapped})" if mapped else ""
+            raise WorkflowError(f"random search {job}{where}: {error}") from None
     return runs
 
 

@@ -80,7 +80,10 @@ def dataset_specs(
     train = synthetic_table(data_dir) if data["tsv"] is None else data["tsv"]
     specs = {"train": ("data.tsv", prepare_settings(data, train, data_dir))}
     for name, path in groups.items():
-        specs[f"group-{name}"] = (f"test.groups.{name}", prepare_settings(data, path, data_dir, True))
+        specs[f"group-{name}"] = (
+            f"test.groups.{name}",
+            prepare_settings(data, path, data_dir, True),
+        )
     return specs
 
 
