@@ -120,13 +120,18 @@ def dataset_spec(name):
     raise WorkflowError(f"no experiment of this workflow prepares a data set {name!r}")
 
 
+CHECKED_DATASETS = set()
+
+
 def check_datasets(specs):
-    """Stop before any job if a configured table or CAPS cannot be read."""
-    from snakemaps.data.datasets import check_dataset
+    """Stop before any job if a configured table or CAPS cannot be read (once per data set)."""
+    from snakemaps.data.datasets import check_dataset, digest
 
     try:
         for key, settings in specs.values():
-            check_dataset(key, settings, DATA_DIR)
+            if digest(settings) not in CHECKED_DATASETS:
+                check_dataset(key, settings, DATA_DIR)
+                CHECKED_DATASETS.add(digest(settings))
     except UserError as error:
         raise WorkflowError(str(error)) from None
 

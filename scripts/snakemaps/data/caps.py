@@ -143,7 +143,7 @@ class CapsQuery:
         for searched in self.searched(participant_id, session_id):
             found = sorted(insensitive_glob(searched))
             if len(found) == 1:
-                return Path(found[0]), ""
+                return Path(found[0]).resolve(), ""
             if len(found) > 1:
                 return None, f"{len(found)} files match {searched}: {', '.join(found)}"
         return None, "no file matches " + " or ".join(self.searched(participant_id, session_id))

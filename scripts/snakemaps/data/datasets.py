@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from .caps import CapsQuery
 from .tsvtools import refuse_split_folder
 
 CAPS_KEYS = (
@@ -105,7 +104,9 @@ def dataset_names(
 def check_dataset(key: str, settings: Mapping[str, Any], data_dir: str) -> None:
     """UserError before any job if the table or the CAPS of a data set cannot be read.
 
-    The demo cohort's files are written by the workflow itself and not checked.
+    With a CAPS, the table is read and each session's file found (the prepare
+    step does it again). The demo cohort's files are written by the workflow
+    itself and not checked.
     """
     table = settings["table"]
     if table.startswith(f"{data_dir}/synthetic/"):
@@ -121,4 +122,14 @@ def check_dataset(key: str, settings: Mapping[str, Any], data_dir: str) -> None:
             f"with columns {columns}."
         )
     if settings["caps"] is not None:
-        CapsQuery.from_settings(settings["caps"])
+        # Every session's file is found now, so a missing one stops the run before any job.
+        from .prepare import read_source_table
+
+        read_source_table(
+            table,
+            label=settings["label"],
+            key=key,
+            caps=settings["caps"],
+            diagnoses=settings["diagnoses"],
+            baseline=settings["baseline"],
+        )
