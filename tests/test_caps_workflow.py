@@ -118,3 +118,72 @@ def test_demo_switch_writes_a_caps_and_prepares_from_it(tmp_path):
         for p, s in zip(manifest.participant_id, manifest.session_id)
     ]
     assert [str(p) for p in manifest.image] == expected
+
+
+def test_random_search_caps_keys_reach_each_run(caps_run):
+    """ClinicaDL's data keys of random_search.json set each run's data (one cache per data)."""
+    import json
+    import re
+
+    import yaml
+    from conftest import job_counts
+    from snakemaps.search.analysis import ranked_table
+
+    workdir, table = caps_run
+    space = {
+        "epochs": 1,
+        "n_convblocks": 2,
+        "first_conv_width": 4,
+        "n_fcblocks": 1,
+        "caps_dir": str(workdir / "cohort" / "caps"),
+        "tsv_path": str(table),
+        "preprocessing": "t1-linear",
+        "diagnoses": ["AD", "CN"],
+        "baseline": [True, False],
+        "unnormalize": [True, False],
+    }
+    config = {
+        "data": {"label": "diagnosis", "synthetic": {"n_test_participants": 0}},
+        "split": {"n_splits": 1},
+        "random_search": {"n_runs": 6, "seed": 0, "space": space},
+    }
+    result = run_snakemake(workdir, "-n", "random_search", config=config)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    # The runs' data differ from the config's (its demo cohort): each distinct data set is
+    # prepared once, from the CAPS.
+    launch = workdir / "results" / "random_search"
+    result = run_snakemake(workdir, "results/random_search/random_search.json", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    options = {
+        job: json.loads((launch / job / "options.json").read_text())
+        for job in ("job-0", "job-1", "job-2", "job-3", "job-4", "job-5")
+    }
+    distinct = set()
+    for job, sampled in options.items():
+        data = yaml.safe_load((launch / job / "config.yaml").read_text())["data"]
+        assert data["caps_directory"] == space["caps_dir"] and data["tsv"] == space["tsv_path"]
+        assert data["diagnoses"] == ["AD", "CN"] and data["preprocessing"] == "t1-linear"
+        assert (data["baseline"], data["unnormalize"]) == (
+            sampled["baseline"],
+            sampled["unnormalize"],
+        )
+        distinct.add((sampled["baseline"], sampled["unnormalize"]))
+    caches = set(re.findall(r"dataset=(train-[0-9a-f]{8})", output))
+    assert len(caches) == len(distinct) > 1
+    assert job_counts(output)["prepare"] == len(distinct)
+    ranked = ranked_table(options, {})
+    assert {"caps_dir", "tsv_path", "preprocessing", "diagnoses", "baseline", "unnormalize"} <= set(
+        ranked.columns
+    )
+    # A tsvtool folder as tsv_path stops the search, naming the key.
+    folder = {**space, "tsv_path": str(table.parent / "caps")}
+    bad = {**config, "random_search": {**config["random_search"], "space": folder}}
+    result = run_snakemake(workdir, "-n", "random_search", config=bad)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert (
+        "random search job-0 (random_search.json caps_dir -> data.caps_directory, tsv_path -> data.tsv"
+        in output
+    )
+    assert "is a folder; give one table" in output

@@ -36,9 +36,14 @@ def read_table(
     missing = [c for c in (*required, label) if c not in frame.columns]
     if missing:
         needed = ", ".join([*required[:2], label, *required[2:]])
+        hint = (
+            " ClinicaDL's label column is diagnosis: set data.label: diagnosis."
+            if label in missing and "diagnosis" in frame.columns
+            else ""
+        )
         raise UserError(
             f"{path}: missing required column(s) {', '.join(missing)}; found columns "
-            f"{', '.join(frame.columns)}. The table needs {needed} (separated by tabs)."
+            f"{', '.join(frame.columns)}. The table needs {needed} (separated by tabs).{hint}"
         )
     if not images and "image" in frame.columns:
         raise UserError(
