@@ -104,8 +104,11 @@ def test_demo_switch_writes_a_caps_and_prepares_from_it(tmp_path):
             "synthetic": {**TINY["data"]["synthetic"], "n_participants": 4, "caps": True},
         },
     }
-    result = run_snakemake(tmp_path, "results/data/cache/train/manifest.tsv", config=config)
+    targets = [f"results/data/cache/{name}/manifest.tsv" for name in ("train", "group-test")]
+    result = run_snakemake(tmp_path, *targets, config=config)
     assert result.returncode == 0, result.stderr[-5000:]
+    group = pd.read_csv(tmp_path / targets[1], sep="\t")
+    assert len(group) and all("/synthetic/caps/subjects/" in image for image in group.image)
     table = pd.read_csv(tmp_path / "results/data/synthetic/participants.tsv", sep="\t")
     assert list(table.columns[:3]) == ["participant_id", "session_id", "diagnosis"]
     assert "image" not in table.columns
