@@ -46,6 +46,7 @@ def session_caps(tmp_path, relative):
     [
         (T1_NEW, {}),
         (T1_OLD, {}),
+        (T1_NEW.replace("_T1w.nii.gz", "_t1w.nii.gz"), {}),  # case ignored, as Clinica does
         (T1_UNCROPPED, {"use_uncropped_image": True}),
         (FLAIR, {"preprocessing": "flair-linear"}),
         (
@@ -58,7 +59,16 @@ def session_caps(tmp_path, relative):
         ),
         (CUSTOM, {"preprocessing": "custom", "custom_suffix": "graymatter_probability.nii.gz"}),
     ],
-    ids=["t1", "t1-old-naming", "t1-uncropped", "flair", "pet", "pet-old-naming", "custom"],
+    ids=[
+        "t1",
+        "t1-old-naming",
+        "t1-lower-case",
+        "t1-uncropped",
+        "flair",
+        "pet",
+        "pet-old-naming",
+        "custom",
+    ],
 )
 def test_each_preprocessing_finds_its_file(tmp_path, relative, settings):
     caps = session_caps(tmp_path, relative)

@@ -140,13 +140,16 @@ class CapsQuery:
 
     def find(self, participant_id: str, session_id: str) -> tuple[Path | None, str]:
         """The session's image, or None and why (no file, or several files)."""
-        for searched in self.searched(participant_id, session_id):
-            found = sorted(insensitive_glob(searched))
-            if len(found) == 1:
-                return Path(found[0]).resolve(), ""
-            if len(found) > 1:
-                return None, f"{len(found)} files match {searched}: {', '.join(found)}"
-        return None, "no file matches " + " or ".join(self.searched(participant_id, session_id))
+        folder = self.session_folder(participant_id, session_id)
+        searched = self.searched(participant_id, session_id)
+        if folder.is_dir():
+            for pattern, shown in zip(self.patterns(), searched):
+                found = sorted(folder / name for name in insensitive_glob(pattern, folder))
+                if len(found) == 1:
+                    return found[0].resolve(), ""
+                if len(found) > 1:
+                    return None, f"{len(found)} files match {shown}: {', '.join(map(str, found))}"
+        return None, "no file matches " + " or ".join(searched)
 
     def tensor_path(self, participant_id: str, session_id: str, image: Path) -> Path:
         """Where ClinicaDL's ``prepare-data image`` writes this image's tensor."""
@@ -155,10 +158,14 @@ class CapsQuery:
         return folder / "image_based" / TENSOR_FOLDERS[self.preprocessing] / name
 
 
-def insensitive_glob(pattern: str) -> list[str]:
-    """``glob`` that ignores case, as Clinica's file reader does."""
-    chars = (f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in pattern)
-    return glob.glob("".join(chars), recursive=True)
+def insensitive_glob(pattern: str, folder: Path) -> list[str]:
+    """Paths under ``folder``, at any depth, whose tail matches ``pattern`` whatever its case.
+
+    Clinica's file reader globs ``<session folder>/**/<pattern>`` ignoring case;
+    the session folder itself is a literal path.
+    """
+    chars = "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in pattern)
+    return glob.glob(f"**/{chars}", root_dir=folder, recursive=True)
 
 
 def find_images(
