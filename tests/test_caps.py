@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -215,6 +216,8 @@ def test_prepare_builds_the_cache_from_a_caps_with_diagnoses_baseline_unnormaliz
     assert list(prepared.label) == ["AD", "CN", "AD", "CN"]
     assert set(prepared.session_id) == {"ses-M000"}
     assert all("/t1_linear/" in image for image in prepared.image)
+    info = json.loads(manifest.with_suffix(".json").read_text())
+    assert (info["caps"], info["diagnoses"], info["baseline"]) == (settings, ["AD", "CN"], True)
     first = np.load(prepared.tensor[0])
     assert first.shape == (1, 6, 5, 4) and first.min() == 0 and first.max() == 1
     # unnormalize: the same cache folder gives the raw intensities, not the stale min-max ones.

@@ -114,8 +114,8 @@ def prepare_cache(
     """Convert every image of ``table`` to ``cache_dir/<participant>_<session>.npy``.
 
     Writes ``manifest`` (the table plus a ``tensor`` column relative to the
-    manifest's folder) and ``manifest.json`` (the shape, the normalisation,
-    and each NIfTI image's affine, so that maps
+    manifest's folder) and ``manifest.json`` (the shape, how the rows and
+    images were chosen, the normalisation, and each NIfTI image's affine, so that maps
     computed on the tensors can be written back in the image's space). All
     images must share one shape. Tensors are min-max normalised unless
     ``unnormalize`` (ClinicaDL's option of that name). ``caps``,
@@ -176,6 +176,9 @@ def prepare_cache(
         {
             "shape": [1, *shape],
             "n_images": len(frame),
+            "caps": dict(caps) if caps else None,
+            "diagnoses": list(diagnoses) if diagnoses else None,
+            "baseline": baseline,
             "unnormalize": unnormalize,
             "affines": affines,
         },
