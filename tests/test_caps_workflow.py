@@ -101,7 +101,13 @@ def test_demo_switch_writes_a_caps_and_prepares_from_it(tmp_path):
         **TINY,
         "data": {
             "label": "diagnosis",
-            "synthetic": {**TINY["data"]["synthetic"], "n_participants": 4, "caps": True},
+            "synthetic": {
+                **TINY["data"]["synthetic"],
+                "n_participants": 4,
+                "n_test_participants": 2,
+                "n_sessions": 1,
+                "caps": True,
+            },
         },
     }
     targets = [f"results/data/cache/{name}/manifest.tsv" for name in ("train", "group-test")]
@@ -150,6 +156,10 @@ def test_random_search_caps_keys_reach_each_run(caps_run):
         "split": {"n_splits": 1},
         "random_search": {"n_runs": 6, "seed": 0, "space": space},
     }
+    # The demo's held-out group cannot test runs trained on another cohort.
+    with_demo_group = {**config, "data": {"label": "diagnosis"}}
+    result = run_snakemake(workdir, "-n", "random_search", config=with_demo_group)
+    assert "Set data.synthetic.n_test_participants: 0" in result.stdout + result.stderr
     result = run_snakemake(workdir, "-n", "random_search", config=config)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]

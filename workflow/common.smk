@@ -346,6 +346,14 @@ def random_search_runs():
             raise WorkflowError(
                 f"random search {job}: sampled config is invalid at {where}: {error.message}"
             )
+        demo_group = test_groups().get("test", "").startswith(f"{DATA_DIR}/synthetic/")
+        if demo_group and experiment["data"]["tsv"] is not None:
+            raise WorkflowError(
+                f"random search {job}: tsv_path sets data.tsv to {experiment['data']['tsv']}, "
+                "but the config's demo cohort adds its held-out group 'test', which every run "
+                "is evaluated on. Set data.synthetic.n_test_participants: 0, or give your "
+                "cohort in the config (data.tsv, data.caps_directory) with test.groups of it."
+            )
         try:
             check_datasets(dataset_specs_of(experiment))
         except WorkflowError as error:
