@@ -105,6 +105,12 @@ def test_two_matching_files_are_refused(tmp_path):
         ({"preprocessing": "pet-linear", "suvr_reference_region": "pons"}, "data.tracer"),
         ({"preprocessing": "pet-linear", "tracer": "18FFDG"}, "data.suvr_reference_region"),
         ({"preprocessing": "custom"}, "data.custom_suffix"),
+        ({"tracer": "18FFDG"}, "data.tracer does nothing with data.preprocessing t1-linear"),
+        ({"custom_suffix": "x.nii.gz"}, "data.custom_suffix does nothing"),
+        (
+            {"preprocessing": "custom", "custom_suffix": "x", "use_uncropped_image": True},
+            "data.use_uncropped_image does nothing with data.preprocessing custom",
+        ),
     ],
 )
 def test_bad_preprocessing_settings_name_the_key(tmp_path, settings, fragment):
@@ -267,6 +273,10 @@ def test_demo_caps_settings_and_a_run_with_other_data_gets_its_own_cache():
     assert names["group-test"] == "group-test" and names["train"].startswith("train-")
     with pytest.raises(UserError, match="data.label: diagnosis"):
         dataset_specs({"data": {**DATA, "synthetic": {"caps": True}}}, {}, "d")
+    with pytest.raises(
+        UserError, match="data.preprocessing is set but data.caps_directory is null"
+    ):
+        dataset_specs({"data": {**DATA, "tsv": "t.tsv", "preprocessing": "pet-linear"}}, {}, "d")
 
 
 def test_random_search_caps_keys_reach_each_run_config(tmp_path):

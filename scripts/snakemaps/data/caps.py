@@ -89,6 +89,19 @@ class CapsQuery:
         return query
 
     def check(self) -> None:
+        unused = {
+            "tracer": self.tracer and self.preprocessing != "pet-linear",
+            "suvr_reference_region": self.suvr_reference_region
+            and self.preprocessing != "pet-linear",
+            "custom_suffix": self.custom_suffix and self.preprocessing != "custom",
+            "use_uncropped_image": self.use_uncropped_image and self.preprocessing == "custom",
+        }
+        for key, is_unused in unused.items():
+            if is_unused:
+                raise UserError(
+                    f"data.{key} does nothing with data.preprocessing {self.preprocessing}; "
+                    f"remove it, or set the preprocessing it belongs to"
+                )
         if self.preprocessing == "pet-linear":
             for key, value, known in (
                 ("tracer", self.tracer, TRACERS),

@@ -30,6 +30,8 @@ CAPS_KEYS = (
     "custom_suffix",
 )
 
+CAPS_DEFAULTS = {"preprocessing": "t1-linear"}
+
 
 def synthetic_table(data_dir: str, part: str = "participants") -> str:
     return f"{data_dir}/synthetic/{part}.tsv"
@@ -50,6 +52,17 @@ def caps_settings(data: Mapping[str, Any], data_dir: str) -> dict[str, Any] | No
             f"set data.label: diagnosis (it is {data['label']!r})"
         )
     if not demo_caps and not data.get("caps_directory"):
+        given = {
+            key: data.get(key)
+            for key in CAPS_KEYS[1:]
+            if data.get(key) not in (None, False, CAPS_DEFAULTS.get(key))
+        }
+        if given:
+            raise UserError(
+                f"data.{next(iter(given))} is set but data.caps_directory is null: the CAPS "
+                "options find images in a CAPS. Set data.caps_directory, or remove "
+                + ", ".join(f"data.{key}" for key in given)
+            )
         return None
     settings = {key: data.get(key) for key in CAPS_KEYS}
     if demo_caps:
