@@ -1,6 +1,7 @@
 """Rule generate_demo: one table of the synthetic AD/CN cohort (participants.tsv or test.tsv).
 
-The NIfTI images of that table's participants go to ``images/`` beside it.
+The NIfTI images of that table's participants go to ``images/`` beside it, or to the
+Clinica CAPS ``caps/`` beside it with ``data.synthetic.caps``.
 """
 
 from pathlib import Path
@@ -23,6 +24,7 @@ def main(smk):
         shape=tuple(synthetic["shape"]),
         seed=synthetic["seed"],
         effect_size=synthetic["effect_size"],
+        caps=synthetic.get("caps", False),
     )
 
 

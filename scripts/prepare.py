@@ -14,8 +14,8 @@ def main(smk):
         table=smk.input.table,
         cache_dir=manifest.parent / "tensors",
         manifest=manifest,
-        label=smk.params.label,
         key=smk.params.key,
+        **smk.params.settings,
     )
 
 

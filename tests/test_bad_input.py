@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -44,8 +45,12 @@ def assert_fails(workdir: Path, config: dict, *fragments: str, args: tuple = ())
             ["Additional properties are not allowed ('epoch' was unexpected)"],
         ),
         ({"split": {"n_splits": 0}}, ["0 is less than the minimum of 1", "n_splits"]),
+        (
+            {"data": {"preprocessing": "dwi-dti"}},
+            ["'dwi-dti' is not one of ['t1-linear', 'pet-linear', 'flair-linear', 'custom']"],
+        ),
     ],
-    ids=["wrong-type", "negative-epochs", "unknown-key", "zero-splits"],
+    ids=["wrong-type", "negative-epochs", "unknown-key", "zero-splits", "unknown-preprocessing"],
 )
 def test_schema_violations_stop_at_start(tmp_path, override, fragments):
     output = assert_fails(tmp_path, override, *fragments)
@@ -133,3 +138,57 @@ def test_test_participants_seen_in_training(tmp_path):
     )
     assert "rule test:" not in output  # the group is never evaluated
     assert not list(tmp_path.glob("results/maps/test/**/*.*")), "the group was registered"
+
+
+def write_caps(folder: Path, participants: list[tuple[str, str, int]]) -> tuple[Path, Path]:
+    """A CAPS of tiny t1-linear images and its ClinicaDL table (participant, session, diagnosis)."""
+    import nibabel as nib
+    import numpy as np
+
+    rng, rows = np.random.default_rng(0), []
+    for participant, diagnosis, n_sessions in participants:
+        for s in range(n_sessions):
+            session = f"ses-M{12 * s:03d}"
+            name = (
+                f"{participant}_{session}_space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz"
+            )
+            path = folder / "caps" / "subjects" / participant / session / "t1_linear" / name
+            path.parent.mkdir(parents=True)
+            nib.save(nib.Nifti1Image(rng.random((8, 8, 8), dtype=np.float32), np.eye(4)), path)
+            rows.append((participant, session, diagnosis))
+    table = folder / "labels.tsv"
+    columns = ["participant_id", "session_id", "diagnosis"]
+    pd.DataFrame(rows, columns=columns).to_csv(table, sep="\t", index=False)
+    return folder / "caps", table
+
+
+def test_missing_caps_file(tmp_path):
+    """Named with its participant, session and the pattern searched, before any MAPS file."""
+    caps, table = write_caps(tmp_path, cohort("A", 3))
+    folder = caps / "subjects" / "sub-ACN001" / "ses-M012"
+    shutil.rmtree(folder / "t1_linear")
+    config = user_config(table, data={"caps_directory": str(caps), "label": "diagnosis"})
+    assert_fails(
+        tmp_path,
+        config,
+        "1 session(s) of",
+        "have no t1-linear image",
+        "sub-ACN001 ses-M012: no file matches "
+        f"{folder.resolve() if folder.exists() else folder}/**/"
+        "*space-MNI152NLin2009cSym_desc-Crop_res-1x1x1_T1w.nii.gz",
+    )
+    assert not (tmp_path / "results" / "maps").exists(), "a MAPS file was written"
+
+
+def test_tsvtool_split_folder(tmp_path):
+    table = write_table(tmp_path, cohort("A", 3), name="labels.tsv")
+    (tmp_path / "split" / "split-0").mkdir(parents=True)
+    (tmp_path / "split" / "kfold.json").write_text("{}")
+    assert_fails(
+        tmp_path,
+        user_config(table.parent / "split"),
+        "data.tsv: ",
+        "is a folder written by ClinicaDL's `tsvtools kfold`",
+        "Candidates beside it in",
+        "labels.tsv",
+    )

@@ -94,6 +94,10 @@ def test_prepare_cache_converts_once_and_reuses(tmp_path, caplog):
     assert json.loads(manifest.with_suffix(".json").read_text()) == {
         "shape": [1, 8, 9, 10],
         "n_images": 3,
+        "caps": None,
+        "diagnoses": None,
+        "baseline": False,
+        "unnormalize": False,
         "affines": {f"sub-{i}_ses-M000": None for i in range(3)},  # .npy images have none
     }
     with caplog.at_level(logging.INFO, logger="snakemaps.data.prepare"):

@@ -50,9 +50,10 @@ GPUS_PER_JOB = (
 )
 
 
+from snakemaps.errors import UserError
+
 if SYNTHETIC:
     from snakemaps.data.synthetic import check_test_count
-    from snakemaps.errors import UserError
 
     try:
         check_test_count(config["data"]["synthetic"]["n_test_participants"])
@@ -86,31 +87,56 @@ def demo_params(wildcards):
     return synthetic
 
 
-def tables():
-    """Data set name (train, group-<name>) -> (table path, config key naming it)."""
-    train = (
-        f"{DATA_DIR}/synthetic/participants.tsv" if SYNTHETIC else config["data"]["tsv"]
-    )
-    found = {"train": (train, "data.tsv")}
-    for name, path in test_groups().items():
-        found[f"group-{name}"] = (path, f"test.groups.{name}")
-    return found
+def dataset_specs_of(settings):
+    """Base data set name (train, group-<name>) -> (config key, prepare settings)."""
+    from snakemaps.data.datasets import dataset_specs
+
+    try:
+        return dataset_specs(settings, test_groups(), DATA_DIR)
+    except UserError as error:
+        raise WorkflowError(str(error)) from None
 
 
-def check_tables():
-    """Stop before any job if a configured table does not exist."""
-    for path, key in tables().values():
-        if (
-            not (SYNTHETIC and path.startswith(f"{DATA_DIR}/synthetic/"))
-            and not Path(path).is_file()
-        ):
-            raise WorkflowError(
-                f"{key}: table not found: {path}. Set {key} to an existing tab-separated file "
-                "with columns participant_id, session_id, label and image."
-            )
+# The main config's data sets keep their plain names (train, group-<name>).
+MAIN_DATASETS = dataset_specs_of(config)
 
 
-check_tables()
+def dataset_names_of(settings):
+    """Base name -> tensor cache name of an experiment (suffixed where its data differ)."""
+    from snakemaps.data.datasets import dataset_names
+
+    return dataset_names(dataset_specs_of(settings), MAIN_DATASETS)
+
+
+def dataset_spec(name):
+    """(config key, prepare settings) of the data set cached as ``name``."""
+    if name in MAIN_DATASETS:
+        return MAIN_DATASETS[name]
+    for _, run in random_search_runs().values():
+        names = dataset_names_of(run)
+        for base, spec in dataset_specs_of(run).items():
+            if names[base] == name:
+                return spec
+    raise WorkflowError(f"no experiment of this workflow prepares a data set {name!r}")
+
+
+CHECKED_DATASETS = set()
+
+
+def check_datasets(specs):
+    """Stop before any job if a configured table or CAPS cannot be read (once per data set)."""
+    from snakemaps.data.datasets import check_dataset, digest
+
+    try:
+        for key, settings in specs.values():
+            if digest(settings) not in CHECKED_DATASETS:
+                check_dataset(key, settings, DATA_DIR)
+                CHECKED_DATASETS.add(digest(settings))
+    except UserError as error:
+        raise WorkflowError(str(error)) from None
+
+
+check_datasets(MAIN_DATASETS)
 
 
 wildcard_constraints:
@@ -118,7 +144,7 @@ wildcard_constraints:
     data=re.escape(DATA_DIR),
     split=r"\d+",
     group=r"[A-Za-z0-9]+",
-    dataset=r"train|group-[A-Za-z0-9]+",
+    dataset=r"(train|group-[A-Za-z0-9]+)(-[0-9a-f]{8})?",
     metric=r"[A-Za-z][A-Za-z0-9]*",
     launch=re.escape(LAUNCH_DIR),
     job=r"job-\d+",
@@ -152,19 +178,27 @@ def splits(maps):
 
 
 def table_of(wildcards):
-    return tables()[wildcards.dataset][0]
+    return dataset_spec(wildcards.dataset)[1]["table"]
 
 
 def table_key(wildcards):
-    return tables()[wildcards.dataset][1]
+    return dataset_spec(wildcards.dataset)[0]
+
+
+def prepare_params(wildcards):
+    """prepare_cache's settings of one data set, less its table (the rule's input)."""
+    settings = dict(dataset_spec(wildcards.dataset)[1])
+    del settings["table"]
+    return settings
 
 
 def train_manifest(wildcards):
-    return f"{DATA_DIR}/cache/train/manifest.tsv"
+    return f"{DATA_DIR}/cache/{dataset_names_of(exp(wildcards))['train']}/manifest.tsv"
 
 
 def group_manifest(wildcards):
-    return f"{DATA_DIR}/cache/group-{wildcards.group}/manifest.tsv"
+    name = dataset_names_of(exp(wildcards))[f"group-{wildcards.group}"]
+    return f"{DATA_DIR}/cache/{name}/manifest.tsv"
 
 
 def trained_models(wildcards):
@@ -312,6 +346,25 @@ def random_search_runs():
             raise WorkflowError(
                 f"random search {job}: sampled config is invalid at {where}: {error.message}"
             )
+        demo_group = test_groups().get("test", "").startswith(f"{DATA_DIR}/synthetic/")
+        if demo_group and experiment["data"]["tsv"] is not None:
+            raise WorkflowError(
+                f"random search {job}: tsv_path sets data.tsv to {experiment['data']['tsv']}, "
+                "but the config's demo cohort adds its held-out group 'test', which every run "
+                "is evaluated on. Set data.synthetic.n_test_participants: 0, or give your "
+                "cohort in the config (data.tsv, data.caps_directory) with test.groups of it."
+            )
+        try:
+            check_datasets(dataset_specs_of(experiment))
+        except WorkflowError as error:
+            from snakemaps.search.sampling import DATA_KEYS
+
+            options = runs[job][0]
+            mapped = ", ".join(
+                f"{key} -> data.{DATA_KEYS[key]}" for key in DATA_KEYS if key in options
+            )
+            where = f" (random_search.json {mapped})" if mapped else ""
+            raise WorkflowError(f"random search {job}{where}: {error}") from None
     return runs
 
 

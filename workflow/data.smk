@@ -29,7 +29,7 @@ rule prepare:
     conda:
         "../envs/snakemaps.yaml"
     params:
-        label=config["data"]["label"],
         key=table_key,
+        settings=prepare_params,
     script:
         "../scripts/prepare.py"

@@ -13,6 +13,11 @@ end without real data:
 * ``images/sub-XXXX_ses-MYYY_T1w.nii.gz``: float32 NIfTI volumes on an
   isotropic grid in MNI space.
 
+With ``caps=True`` the cohort is a Clinica CAPS instead, as ClinicaDL users
+have it: the images go to ``caps/subjects/<participant>/<session>/t1_linear/``
+under t1-linear's names, and the tables are ClinicaDL's (``diagnosis`` for
+``label``, no ``image`` column).
+
 The images are built from nilearn's bundled ICBM152 2009 templates (the T1
 and the grey-matter probability map; nothing is downloaded), smoothed and
 resampled to an isotropic grid of the requested shape that covers the brain.
@@ -53,6 +58,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import atomic_write_bytes, write_tsv
+from .caps import caps_image_name
 
 LOGGER = logging.getLogger("snakemaps.data.synthetic")
 LOG_EVERY = 25
@@ -60,6 +66,7 @@ LOG_EVERY = 25
 COLUMNS = ("participant_id", "session_id", "label", "age", "sex", "mmse", "image")
 LABELS = ("AD", "CN")
 IMAGE_DIR = "images"
+CAPS_DIR = "caps"
 MONTHS_BETWEEN_SESSIONS = 12
 MIN_SIDE, MAX_SIDE = 16, 256
 
@@ -125,6 +132,7 @@ def generate_cohort(
     effect_size: float = 1.0,
     noise: float = 0.05,
     parts: Sequence[str] = GROUPS,
+    caps: bool = False,
 ) -> dict[str, Path]:
     """Write a synthetic AD/CN cohort to ``out_dir``; return the TSV path of each part written.
 
@@ -134,7 +142,8 @@ def generate_cohort(
     whatever ``n_test_participants`` is, and the two parts can be written by
     separate calls. ``n_test_participants`` 0 means no held-out group: no
     ``test.tsv`` is written. Images are written first and the TSVs last, each
-    atomically, so a TSV that exists lists images that exist.
+    atomically, so a TSV that exists lists images that exist. ``caps``: write
+    a CAPS (``CAPS_DIR``) and ClinicaDL-style tables.
     """
     unknown = sorted(set(parts) - set(GROUPS))
     if unknown or not parts:
@@ -175,7 +184,11 @@ def generate_cohort(
             for session_id, age, mmse, image in _participant_images(
                 participant, grid, seed, effect_size, noise
             ):
-                relative = f"{IMAGE_DIR}/{participant.participant_id}_{session_id}_T1w.nii.gz"
+                relative = (
+                    f"{CAPS_DIR}/{caps_image_name(participant.participant_id, session_id)}"
+                    if caps
+                    else f"{IMAGE_DIR}/{participant.participant_id}_{session_id}_T1w.nii.gz"
+                )
                 atomic_write_bytes(out_dir / relative, _nifti_gz_bytes(image, grid.affine))
                 rows.append(
                     (
@@ -196,7 +209,7 @@ def generate_cohort(
                         n_images,
                         time.perf_counter() - start,
                     )
-        write_tsv(paths[name], _frame(rows))
+        write_tsv(paths[name], _frame(rows, caps))
         LOGGER.info("synthetic cohort: wrote %s (%d rows)", paths[name], len(rows))
     return {name: paths[name] for name in chosen}
 
@@ -520,7 +533,10 @@ def _nifti_gz_bytes(image: np.ndarray, affine: np.ndarray) -> bytes:
     return gzip.compress(nifti.to_bytes(), compresslevel=1, mtime=0)
 
 
-def _frame(rows: list[tuple]):
+def _frame(rows: list[tuple], caps: bool = False):
     import pandas as pd
 
-    return pd.DataFrame(rows, columns=list(COLUMNS))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    if caps:  # ClinicaDL's table: the label is the diagnosis, the CAPS says where images are
+        frame = frame.drop(columns="image").rename(columns={"label": "diagnosis"})
+    return frame

@@ -13,10 +13,14 @@ REQUIRED_COLUMNS = ("participant_id", "session_id", "image")
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".npy", ".pt")
 
 
-def read_table(path: str | Path, label: str = "label", key: str = "data.tsv") -> pd.DataFrame:
+def read_table(
+    path: str | Path, label: str = "label", key: str = "data.tsv", images: bool = True
+) -> pd.DataFrame:
     """Load ``path`` and check it; image paths are made absolute.
 
-    Raises UserError naming the file, the column or the rows at fault.
+    ``images`` False: the table has no image column (a CAPS says where each
+    session's image is). Raises UserError naming the file, the column or the
+    rows at fault.
     """
     path = Path(path)
     if not path.is_file():
@@ -28,16 +32,27 @@ def read_table(path: str | Path, label: str = "label", key: str = "data.tsv") ->
         frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
         raise UserError(f"{key}: cannot parse {path} as a tab-separated table: {error}") from None
-    missing = [c for c in (*REQUIRED_COLUMNS, label) if c not in frame.columns]
+    required = REQUIRED_COLUMNS if images else REQUIRED_COLUMNS[:2]
+    missing = [c for c in (*required, label) if c not in frame.columns]
     if missing:
+        needed = ", ".join([*required[:2], label, *required[2:]])
+        hint = (
+            " ClinicaDL's label column is diagnosis: set data.label: diagnosis."
+            if label in missing and "diagnosis" in frame.columns
+            else ""
+        )
         raise UserError(
             f"{path}: missing required column(s) {', '.join(missing)}; found columns "
-            f"{', '.join(frame.columns)}. The table needs participant_id, session_id, "
-            f"{label} and image (separated by tabs)."
+            f"{', '.join(frame.columns)}. The table needs {needed} (separated by tabs).{hint}"
+        )
+    if not images and "image" in frame.columns:
+        raise UserError(
+            f"{path}: has an image column, and data.caps_directory is set too; the images "
+            "come from one of them: remove the column, or set data.caps_directory: null"
         )
     if frame.empty:
         raise UserError(f"{path}: the table has no rows")
-    for column in (*REQUIRED_COLUMNS, label):
+    for column in (*required, label):
         empty = frame.index[frame[column].str.strip() == ""]
         if len(empty):
             rows = ", ".join(str(i + 2) for i in empty[:5])
@@ -54,7 +69,8 @@ def read_table(path: str | Path, label: str = "label", key: str = "data.tsv") ->
     if label != "label":
         # The target becomes "label"; a column already named so stays, as "original_label".
         frame = frame.rename(columns={"label": "original_label", label: "label"})
-    frame["image"] = [str(resolve_image(path.parent, image)) for image in frame["image"]]
+    if images:
+        frame["image"] = [str(resolve_image(path.parent, image)) for image in frame["image"]]
     return frame.sort_values(["participant_id", "session_id"], kind="stable").reset_index(drop=True)
 
 

@@ -18,7 +18,8 @@ Missing optional keys take ``DEFAULTS`` (ClinicaDL's). ``MANDATORY`` keys are
 the ones this workflow needs (``epochs``, ``n_convblocks``,
 ``first_conv_width``, ``n_fcblocks``); ClinicaDL's CAPS keys (``mode``,
 ``network_type``, ``caps_dir``, ``tsv_path``, ``diagnoses``,
-``preprocessing``, ...) are validated and kept when present, not required.
+``preprocessing``, ...) are validated when present, not required (without
+them a search runs on the config's data).
 
 Choices where ClinicaDL is vague:
 
@@ -46,9 +47,18 @@ Choices where ClinicaDL is vague:
     channels_limit, d_reduction, n_conv,
     n_fcblocks, dropout,
     network_normalization                 -> model.search.<same name>
+    caps_dir                              -> data.caps_directory
+    tsv_path                              -> data.tsv (one table: a tsvtool
+                                             split folder is refused, naming
+                                             the table to give)
+    preprocessing, diagnoses, baseline,
+    unnormalize, use_uncropped_image,
+    tracer, suvr_reference_region,
+    custom_suffix                         -> data.<same name>
 
 Only keys present in the options appear. ``wd_bool`` is not mapped (it is
-already folded into ``weight_decay``); CAPS keys are not mapped.
+already folded into ``weight_decay``). A run whose data keys differ from the
+config's gets its own tensor cache (``snakemaps.data.datasets``).
 """
 
 from __future__ import annotations
@@ -64,6 +74,7 @@ from typing import Any
 import numpy as np
 from jsonschema import Draft202012Validator, validators
 
+from ..data.caps import PREPROCESSINGS
 from ..errors import UserError
 from ..io import read_json
 
@@ -88,15 +99,20 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "accumulation_steps": "fixed",
     "batch_size": "choice",
     "evaluation_steps": "fixed",
-    # ClinicaDL CAPS data (kept, not used by this workflow).
-    "mode": "choice",
-    "network_type": "choice",
+    # ClinicaDL CAPS data (-> data.*, DATA_KEYS).
     "caps_dir": "fixed",
     "preprocessing": "choice",
     "tsv_path": "fixed",
     "diagnoses": "fixed",
     "baseline": "choice",
     "unnormalize": "choice",
+    "use_uncropped_image": "choice",
+    "tracer": "fixed",
+    "suvr_reference_region": "fixed",
+    "custom_suffix": "fixed",
+    # ClinicaDL modes and training options (kept, not used by this workflow).
+    "mode": "choice",
+    "network_type": "choice",
     "sampler": "choice",
     "data_augmentation": "fixed",
     # ClinicaDL mode-dependent keys.
@@ -144,6 +160,19 @@ ARCHITECTURE_KEYS: tuple[str, ...] = (
     "dropout",
     "network_normalization",
 )
+# random_search.json key -> data.<key> of the experiment config.
+DATA_KEYS: dict[str, str] = {
+    "caps_dir": "caps_directory",
+    "tsv_path": "tsv",
+    "preprocessing": "preprocessing",
+    "diagnoses": "diagnoses",
+    "baseline": "baseline",
+    "unnormalize": "unnormalize",
+    "use_uncropped_image": "use_uncropped_image",
+    "tracer": "tracer",
+    "suvr_reference_region": "suvr_reference_region",
+    "custom_suffix": "custom_suffix",
+}
 _TRAIN_KEYS = ("epochs", "learning_rate", "weight_decay", "batch_size", "accumulation_steps")
 _EARLY_STOPPING_KEYS = ("patience", "tolerance")
 
@@ -184,8 +213,15 @@ _ITEMS: dict[str, tuple[dict[str, Any], str]] = {
         'one of "autoencoder", "cnn", "multicnn"',
     ),
     "caps_dir": _STRING,
-    "preprocessing": _STRING,
+    "preprocessing": (
+        {"enum": list(PREPROCESSINGS)},
+        "one of " + ", ".join(f'"{name}"' for name in PREPROCESSINGS),
+    ),
     "tsv_path": _STRING,
+    "use_uncropped_image": _BOOL,
+    "tracer": _STRING,
+    "suvr_reference_region": _STRING,
+    "custom_suffix": _STRING,
     "diagnoses": (
         {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
         "a label or a list of labels",
@@ -454,7 +490,12 @@ def to_config_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
     if early_stopping:
         train["early_stopping"] = early_stopping
     search = {key: copy.deepcopy(options[key]) for key in ARCHITECTURE_KEYS if key in options}
+    data = {DATA_KEYS[key]: copy.deepcopy(options[key]) for key in DATA_KEYS if key in options}
+    if isinstance(data.get("diagnoses"), str):
+        data["diagnoses"] = [data["diagnoses"]]
     overrides: dict[str, Any] = {}
+    if data:
+        overrides["data"] = data
     if train:
         overrides["train"] = train
     if search:
