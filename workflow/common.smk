@@ -167,6 +167,31 @@ def group_manifest(wildcards):
     return f"{DATA_DIR}/cache/group-{wildcards.group}/manifest.tsv"
 
 
+def transfer_source(wildcards):
+    """The model train.transfer_learning starts split k from ([] when it is off).
+
+    A source MAPS this workflow writes is built first; any other must exist
+    already, else the DAG stops here naming the key and the missing file.
+    """
+    from snakemaps.errors import UserError
+    from snakemaps.train.transfer import check_source, source_model
+
+    settings = exp(wildcards)["train"].get("transfer_learning") or {}
+    model = source_model(settings, int(wildcards.split))
+    if model is None:
+        return []
+    source = str(settings["path"]).rstrip("/")
+    if source in EXPERIMENTS or (
+        Path(LAUNCH_DIR) in Path(source).parents and source in random_search_maps()
+    ):
+        return str(model)
+    try:
+        check_source(settings, int(wildcards.split))
+    except UserError as error:
+        raise WorkflowError(str(error)) from None
+    return str(model)
+
+
 def trained_models(wildcards):
     return [
         f"{wildcards.maps}/training/split-{wildcards.split}/models/{d}/model.pt"

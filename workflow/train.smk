@@ -7,6 +7,7 @@ rule train:
     input:
         manifest="{maps}/training/data/split_manifest.json",
         model="{maps}/model.json",
+        transfer_source=transfer_source,
     output:
         final="{maps}/training/split-{split}/models/final/model.pt",
         best=expand(

@@ -1,4 +1,5 @@
-"""Learning tasks: classification of a categorical label, regression of a number.
+"""Learning tasks: classification of a categorical label, regression of a number,
+reconstruction of the image (an autoencoder, ``model.network_type: autoencoder``).
 
 Torch-free: the workflow reads the defaults here while it builds the DAG.
 """
@@ -20,10 +21,12 @@ DEFAULT_METRICS = {
         "F1",
     ],
     "regression": ["loss", "MAE", "MSE", "R2"],
+    "reconstruction": ["loss", "MSE", "PSNR", "SSIM"],
 }
 DEFAULT_MONITOR = {
     "classification": ["loss", "BalancedAccuracy"],
     "regression": ["loss", "MAE"],
+    "reconstruction": ["loss"],
 }
 
 

@@ -58,6 +58,8 @@ METRIC_LABELS = {
     "MSE": "Mean squared error",
     "MAE": "Mean absolute error",
     "R2": "R² (coefficient of determination)",
+    "PSNR": "Peak signal-to-noise ratio (dB)",
+    "SSIM": "Structural similarity (SSIM)",
 }
 # Metrics whose values lie in [0, 1].
 BOUNDED = {"Accuracy", "BalancedAccuracy", "Sensitivity", "Specificity", "RocAuc", "F1"}
@@ -459,7 +461,11 @@ def test_metrics(
 
 # Confusion matrix and ROC --------------------------------------------------------
 def _test_details(
-    maps: Maps, group: str, model: str, splits: Sequence[int] | None
+    maps: Maps,
+    group: str,
+    model: str,
+    splits: Sequence[int] | None,
+    columns: Sequence[str] = ("label", "prediction"),
 ) -> dict[int, pd.DataFrame]:
     """Split -> per-image test predictions of ``model`` on ``group``."""
     group_dir = maps.test_group(group)
@@ -476,7 +482,7 @@ def _test_details(
             group_dir.results.splits[int(k)].models[model].metrics.details_tsv,
             f"per-image test predictions of split {k}, model {model} on group {group}, "
             "by rule test",
-            ("label", "prediction"),
+            columns,
         )
         for k in splits
     }
