@@ -167,6 +167,12 @@ def group_manifest(wildcards):
     return f"{DATA_DIR}/cache/group-{wildcards.group}/manifest.tsv"
 
 
+# The MAPS this workflow trains: maps_dir and the random-search runs'. Rule
+# train is constrained to them, so that a source MAPS of train.transfer_learning
+# written elsewhere is an input file like any other, not a job of this workflow.
+OWN_MAPS = rf"{re.escape(MAPS_DIR)}|{re.escape(LAUNCH_DIR)}/job-\d+/maps"
+
+
 def transfer_source(wildcards):
     """The model train.transfer_learning starts split k from ([] when it is off).
 

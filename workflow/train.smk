@@ -18,6 +18,8 @@ rule train:
         "logs/{maps}/train_split-{split}.log",
     benchmark:
         "logs/{maps}/train_split-{split}.benchmark.tsv"
+    wildcard_constraints:
+        maps=OWN_MAPS,
     conda:
         "../envs/snakemaps.yaml"
     threads: train_processes
