@@ -134,3 +134,33 @@ def test_reconstruction_loss_and_metrics():
     assert values["MSE"] == pytest.approx(noisy["MSE"].mean())
     with pytest.raises(UserError, match="not a reconstruction metric"):
         M.check_metric_names(["BalancedAccuracy"], "train.metrics", "reconstruction")
+
+
+def test_random_search_keys_map_onto_train_transfer_learning(tmp_path):
+    from snakemaps.search.sampling import sample_options, to_config_overrides
+
+    space = {
+        "epochs": 2,
+        "n_convblocks": 2,
+        "first_conv_width": 4,
+        "n_fcblocks": 1,
+        "transfer_learning_path": "results/ae",
+        "transfer_learning_selection": ["best_loss", "best_balanced_accuracy"],
+    }
+    selections = set()
+    for seed in range(8):
+        options = sample_options(space, seed)
+        train = to_config_overrides(options)["train"]
+        assert train["transfer_learning"]["path"] == "results/ae"
+        selections.add(train["transfer_learning"]["selection"])
+    assert selections == {"best-loss", "best-BalancedAccuracy"}
+    # No selection: ClinicaDL's default, best_loss for an autoencoder source.
+    maps, _ = write_source(tmp_path, autoencoder_description(cnn_description()))
+    overrides = to_config_overrides({"transfer_learning_path": str(maps)})
+    assert overrides["train"]["transfer_learning"]["selection"] == "best-loss"
+    overrides = to_config_overrides({"transfer_learning_path": str(tmp_path / "cnn")})
+    assert overrides["train"]["transfer_learning"]["selection"] == "best-BalancedAccuracy"
+    with pytest.raises(UserError, match="'transfer_learning_path' is not"):
+        to_config_overrides({"transfer_learning_selection": "best_loss"})
+    with pytest.raises(UserError, match="'transfer_learning_selection' must be"):
+        sample_options({**space, "transfer_learning_selection": "best_auc"}, 0)

@@ -176,3 +176,32 @@ def test_a_changed_source_retrains_and_a_missing_one_stops_the_dag(chain):
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert "train.transfer_learning.path: results/nowhere is not a MAPS" in output, output
+
+
+def test_random_search_samples_the_transfer_keys(chain):
+    from snakemaps.search.analysis import ranked_table
+
+    space = {
+        "epochs": 1,
+        "n_convblocks": 2,
+        "first_conv_width": 8,
+        "n_fcblocks": 1,
+        "channels_limit": 16,
+        "transfer_learning_path": "results/ae",
+        "transfer_learning_selection": ["best_loss"],
+    }
+    config = {**BASE, "random_search": {"n_runs": 1, "space": space}}
+    launch = "results/random_search"
+    result = run_snakemake(chain, f"{launch}/job-0/options.json", config=config)
+    assert result.returncode == 0, result.stderr[-3000:]
+    options = json.loads((chain / launch / "job-0/options.json").read_text())
+    assert options["transfer_learning_path"] == "results/ae"
+    assert options["transfer_learning_selection"] == "best_loss"
+    ranked = ranked_table({"job-0": options}, {"job-0": {"BalancedAccuracy": [0.5]}})
+    assert ranked.loc[0, "transfer_learning_path"] == "results/ae"
+    # The run's training starts from the source: its model file is the train job's input.
+    result = run_snakemake(chain, "-n", "-p", "random_search", config=config)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    train = output.split("rule train:", 1)[1].split("\n\n", 1)[0]
+    assert "results/ae/training/split-0/models/best_models/best-loss/model.pt" in train, train

@@ -47,6 +47,12 @@ Choices where ClinicaDL is vague:
     n_fcblocks, dropout,
     network_normalization                 -> model.search.<same name>
 
+    transfer_learning_path,
+    transfer_learning_selection           -> train.transfer_learning.{path, selection}
+                                             (best_loss -> best-loss, best_balanced_accuracy
+                                             -> best-BalancedAccuracy; see
+                                             snakemaps.train.transfer.search_overrides)
+
 Only keys present in the options appear. ``wd_bool`` is not mapped (it is
 already folded into ``weight_decay``); CAPS keys are not mapped.
 """
@@ -107,6 +113,9 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "discarded_slices": "randint",
     "slice_direction": "choice",
     "use_extracted_slices": "fixed",
+    # Transfer learning (snakemaps.train.transfer).
+    "transfer_learning_path": "fixed",
+    "transfer_learning_selection": "choice",
 }
 
 MANDATORY: tuple[str, ...] = ("epochs", "n_convblocks", "first_conv_width", "n_fcblocks")
@@ -147,6 +156,8 @@ ARCHITECTURE_KEYS: tuple[str, ...] = (
 _TRAIN_KEYS = ("epochs", "learning_rate", "weight_decay", "batch_size", "accumulation_steps")
 _EARLY_STOPPING_KEYS = ("patience", "tolerance")
 
+# ClinicaDL 0.2's names (best_loss, best_balanced_accuracy) or this workflow's.
+SELECTION_PATTERN = r"^(best_loss|best_balanced_accuracy|best-[A-Za-z][A-Za-z0-9]*|final)$"
 _INT_MIN1 = ({"type": "integer", "minimum": 1}, "an integer >= 1")
 _INT_MIN0 = ({"type": "integer", "minimum": 0}, "an integer >= 0")
 _UNIT = ({"type": "number", "minimum": 0, "maximum": 1}, "a number in [0, 1]")
@@ -204,6 +215,14 @@ _ITEMS: dict[str, tuple[dict[str, Any], str]] = {
     "discarded_slices": _INT_MIN0,
     "slice_direction": ({"enum": [0, 1, 2]}, "one of 0, 1, 2"),
     "use_extracted_slices": _BOOL,
+    "transfer_learning_path": (
+        {"type": ["string", "null"]},
+        "a MAPS directory or null (a fixed value)",
+    ),
+    "transfer_learning_selection": (
+        {"type": "string", "pattern": SELECTION_PATTERN},
+        'one of "best_loss", "best_balanced_accuracy" (or best-<metric>, final)',
+    ),
 }
 
 
@@ -454,6 +473,9 @@ def to_config_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
     if early_stopping:
         train["early_stopping"] = early_stopping
     search = {key: copy.deepcopy(options[key]) for key in ARCHITECTURE_KEYS if key in options}
+    from ..train.transfer import search_overrides
+
+    train.update(search_overrides(options))
     overrides: dict[str, Any] = {}
     if train:
         overrides["train"] = train

@@ -171,3 +171,38 @@ def apply_transfer(
         "left_initialized": left,
         "source_unused": unused,
     }
+
+
+# ClinicaDL 0.2's transfer_learning_selection values, as MAPS model names.
+CLINICADL_SELECTIONS = {"best_loss": "best-loss", "best_balanced_accuracy": "best-BalancedAccuracy"}
+
+
+def search_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``train.transfer_learning`` from random-search options (``{}`` without a path).
+
+    ``transfer_learning_path`` is the source MAPS; ``transfer_learning_selection``
+    takes ClinicaDL's names or this workflow's. Left out, it is ClinicaDL's
+    default: ``best_balanced_accuracy``, or ``best_loss`` when the source is an
+    autoencoder (its ``model.json`` says reconstruction; ClinicaDL selects
+    only by loss there).
+    """
+    path = options.get("transfer_learning_path")
+    if not path:
+        if options.get("transfer_learning_selection") is not None:
+            raise UserError(
+                "random_search.json: 'transfer_learning_selection' is set but "
+                "'transfer_learning_path' is not; give the source MAPS in "
+                "transfer_learning_path, or remove transfer_learning_selection"
+            )
+        return {}
+    selection = options.get("transfer_learning_selection")
+    if selection is None:
+        selection = "best_balanced_accuracy"
+        source = Path(path) / "model.json"
+        if source.is_file():
+            import json
+
+            if json.loads(source.read_text()).get("task") == "reconstruction":
+                selection = "best_loss"
+    selection = CLINICADL_SELECTIONS.get(selection, selection)
+    return {"transfer_learning": {"path": str(path), "selection": selection}}
