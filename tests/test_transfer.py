@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from snakemaps.errors import UserError
-from snakemaps.experiment import check_network_task, model_json
+from snakemaps.experiment import model_json
 from snakemaps.models.autoencoder import autoencoder_description
 from snakemaps.models.description import default_description
 from snakemaps.models.network import build_network
+from snakemaps.tasks import check_network_task, check_search_run
 from snakemaps.train import metrics as M
 from snakemaps.train.evaluation import Objective
 from snakemaps.train.transfer import apply_transfer, check_source, match_state
@@ -164,3 +165,17 @@ def test_random_search_keys_map_onto_train_transfer_learning(tmp_path):
         to_config_overrides({"transfer_learning_selection": "best_loss"})
     with pytest.raises(UserError, match="'transfer_learning_selection' must be"):
         sample_options({**space, "transfer_learning_selection": "best_auc"}, 0)
+
+
+def test_a_sampled_autoencoder_in_a_classification_search_is_refused_naming_the_fix():
+    run = {
+        "data": {"task": "reconstruction"},
+        "model": {"network_type": "autoencoder"},
+        "train": {"monitor": ["loss"]},
+    }
+    with pytest.raises(UserError, match="random search job-3: the sampled network_type"):
+        check_search_run("job-3", run, "classification")
+    half = {**run, "data": {"task": "classification"}}
+    with pytest.raises(UserError, match="random search job-3: model.network_type"):
+        check_search_run("job-3", half, "classification")
+    check_search_run("job-0", {**half, "model": {}}, "classification")

@@ -322,8 +322,8 @@ def random_search_runs():
     if config["data"]["task"] != "classification":
         raise WorkflowError(
             "random search analyses classification runs (balanced accuracy and loss); "
-            "data.task is regression. Set data.task: classification or run the "
-            "experiments one by one."
+            f"data.task is {config['data']['task']}. Set data.task: classification or run "
+            "the experiments one by one."
         )
     missing = [m for m in SELECTION_METRICS if m not in MONITOR]
     if missing:
@@ -335,6 +335,8 @@ def random_search_runs():
         )
     except UserError as error:
         raise WorkflowError(str(error)) from None
+    from snakemaps.tasks import check_search_run
+
     validator = config_validator()
     for job, (_, experiment) in runs.items():
         error = next(iter(validator.iter_errors(experiment)), None)
@@ -343,6 +345,10 @@ def random_search_runs():
             raise WorkflowError(
                 f"random search {job}: sampled config is invalid at {where}: {error.message}"
             )
+        try:
+            check_search_run(job, experiment, config["data"]["task"])
+        except UserError as error:
+            raise WorkflowError(str(error)) from None
     return runs
 
 

@@ -12,6 +12,7 @@ from .errors import UserError
 from .maps import Maps
 from .models.description import resolve_description
 from .split import make_splits
+from .tasks import check_network_task
 
 
 def model_json(
@@ -58,17 +59,6 @@ def model_json(
         "classes": classes,
         **({"target": dict(target)} if regression else {}),
     }
-
-
-def check_network_task(model: Mapping[str, Any], task: str) -> None:
-    """An autoencoder reconstructs (data.task reconstruction); a CNN does not."""
-    network_type = model.get("network_type", "cnn")
-    if (network_type == "autoencoder") != (task == "reconstruction"):
-        raise UserError(
-            f"model.network_type is {network_type!r} but data.task is {task!r}: an "
-            "autoencoder is trained on data.task: reconstruction and a reconstruction needs "
-            "model.network_type: autoencoder; set both, or neither"
-        )
 
 
 def target_scale(manifest: str | Path) -> dict[str, float]:

@@ -98,4 +98,3 @@ def reconstruction_slices(
                     ax.set_title(f"{plane}" + (f"\n{name}: {scores}" if c == 1 else ""), fontsize=9)
     fig.suptitle(f"{model} on group {group}: input and reconstruction", fontsize=11)
     return _save_figure(fig, out)
-
