@@ -85,11 +85,10 @@ def metric_label(name: str) -> str:
 
 def loss_label(maps: Maps) -> str:
     """The loss with its kind, from model.json (cross-entropy, or MSE on the standardized target)."""
-    kind = (
-        io.read_json(maps.model_json).get("loss", {}).get("name_")
-        if maps.model_json.exists()
-        else None
-    )
+    model = io.read_json(maps.model_json) if maps.model_json.exists() else {}
+    kind = model.get("loss", {}).get("name_")
+    if model.get("task") == "reconstruction":
+        return "Loss (MSE per voxel, input against reconstruction)"
     return {
         "CrossEntropyLoss": "Loss (cross-entropy)",
         "MSELoss": "Loss (MSE, standardized target)",
