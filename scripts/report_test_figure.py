@@ -1,13 +1,19 @@
 """Rule report_test_figure: one model on a test group, as a figure.
 
 ``confusion_roc``: confusion matrix and ROC curves (classification);
-``predictions``: predicted against true values (regression).
+``predictions``: predicted against true values (regression);
+``reconstruction``: input and reconstruction slices (autoencoder).
 """
 
 from snakemaps.report import confusion_and_roc, predictions_scatter
+from snakemaps.report.reconstruction import reconstruction_slices
 from snakemaps.steps import run_step
 
-FIGURES = {"confusion_roc": confusion_and_roc, "predictions": predictions_scatter}
+FIGURES = {
+    "confusion_roc": confusion_and_roc,
+    "predictions": predictions_scatter,
+    "reconstruction": reconstruction_slices,
+}
 
 
 def main(smk):

@@ -201,6 +201,37 @@ def group_manifest(wildcards):
     return f"{DATA_DIR}/cache/{name}/manifest.tsv"
 
 
+# The MAPS this workflow trains: maps_dir and the random-search runs'. Rule
+# train is constrained to them, so that a source MAPS of train.transfer_learning
+# written elsewhere is an input file like any other, not a job of this workflow.
+OWN_MAPS = rf"{re.escape(MAPS_DIR)}|{re.escape(LAUNCH_DIR)}/job-\d+/maps"
+
+
+def transfer_source(wildcards):
+    """The model train.transfer_learning starts split k from ([] when it is off).
+
+    A source MAPS this workflow writes is built first; any other must exist
+    already, else the DAG stops here naming the key and the missing file.
+    """
+    from snakemaps.errors import UserError
+    from snakemaps.train.transfer import check_source, source_model
+
+    settings = exp(wildcards)["train"].get("transfer_learning") or {}
+    model = source_model(settings, int(wildcards.split))
+    if model is None:
+        return []
+    source = str(settings["path"]).rstrip("/")
+    if source in EXPERIMENTS or (
+        Path(LAUNCH_DIR) in Path(source).parents and source in random_search_maps()
+    ):
+        return str(model)
+    try:
+        check_source(settings, int(wildcards.split))
+    except UserError as error:
+        raise WorkflowError(str(error)) from None
+    return str(model)
+
+
 def trained_models(wildcards):
     return [
         f"{wildcards.maps}/training/split-{wildcards.split}/models/{d}/model.pt"
@@ -325,8 +356,8 @@ def random_search_runs():
     if config["data"]["task"] != "classification":
         raise WorkflowError(
             "random search analyses classification runs (balanced accuracy and loss); "
-            "data.task is regression. Set data.task: classification or run the "
-            "experiments one by one."
+            f"data.task is {config['data']['task']}. Set data.task: classification or run "
+            "the experiments one by one."
         )
     missing = [m for m in SELECTION_METRICS if m not in MONITOR]
     if missing:
@@ -338,6 +369,8 @@ def random_search_runs():
         )
     except UserError as error:
         raise WorkflowError(str(error)) from None
+    from snakemaps.tasks import check_search_run
+
     validator = config_validator()
     for job, (_, experiment) in runs.items():
         error = next(iter(validator.iter_errors(experiment)), None)
@@ -365,6 +398,10 @@ def random_search_runs():
             )
             where = f" (random_search.json {mapped})" if mapped else ""
             raise WorkflowError(f"random search {job}{where}: {error}") from None
+        try:
+            check_search_run(job, experiment, config["data"]["task"])
+        except UserError as error:
+            raise WorkflowError(str(error)) from None
     return runs
 
 

@@ -23,11 +23,14 @@ report_targets = lambda maps: [
         for group, split, model in interpret_jobs(maps)
     ),
 ]
-# Per model and test group: a confusion matrix + ROC, or for a regression the
-# predictions against the true values.
-PER_MODEL_FIGURE = (
-    "predictions" if config["data"]["task"] == "regression" else "confusion_roc"
-)
+# Per model and test group: a confusion matrix + ROC, for a regression the
+# predictions against the true values, for an autoencoder input and
+# reconstruction slices.
+PER_MODEL_FIGURE = {
+    "classification": "confusion_roc",
+    "regression": "predictions",
+    "reconstruction": "reconstruction",
+}[config["data"]["task"]]
 
 
 rule report_learning_curves:
@@ -99,7 +102,7 @@ rule report_test_figure:
         "logs/{maps}/report_{figure}-{group}_{model}.log",
     wildcard_constraints:
         model=REPORT_MODEL,
-        figure="confusion_roc|predictions",
+        figure="confusion_roc|predictions|reconstruction",
     conda:
         "../envs/snakemaps.yaml"
     params:

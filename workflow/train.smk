@@ -7,6 +7,7 @@ rule train:
     input:
         manifest="{maps}/training/data/split_manifest.json",
         model="{maps}/model.json",
+        transfer_source=transfer_source,
     output:
         final="{maps}/training/split-{split}/models/final/model.pt",
         best=expand(
@@ -17,6 +18,8 @@ rule train:
         "logs/{maps}/train_split-{split}.log",
     benchmark:
         "logs/{maps}/train_split-{split}.benchmark.tsv"
+    wildcard_constraints:
+        maps=OWN_MAPS,
     conda:
         "../envs/snakemaps.yaml"
     threads: train_processes

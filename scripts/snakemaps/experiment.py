@@ -12,6 +12,7 @@ from .errors import UserError
 from .maps import Maps
 from .models.description import resolve_description
 from .split import make_splits
+from .tasks import check_network_task
 
 
 def model_json(
@@ -20,19 +21,35 @@ def model_json(
     input_shape: list[int],
     classes: list[str] | None,
     target: Mapping[str, float] | None = None,
+    task: str | None = None,
 ) -> dict[str, Any]:
-    """``model.json``: a classifier over ``classes``, or a regressor (``classes`` None).
+    """``model.json``: a classifier over ``classes``, a regressor (``classes`` None), or an
+    autoencoder (``task`` reconstruction; ``classes`` are then only the split's strata).
 
     A regressor predicts the standardized target; ``target`` holds the mean and
     standard deviation that turn its output back into the label's units.
     """
-    regression = classes is None
-    description = resolve_description(model, input_shape, 1 if regression else len(classes))
+    task = task or ("regression" if classes is None else "classification")
+    check_network_task(model, task)
+    regression = task == "regression"
+    n_outputs = 1 if classes is None or task != "classification" else len(classes)
+    description = resolve_description(model, input_shape, n_outputs)
+    if task == "reconstruction":
+        from .models.autoencoder import autoencoder_description
+
+        network = autoencoder_description(description)
+    else:
+        network = {"name_": "CNN", **description}
+    names = {
+        "classification": ("ClassificationModel", "CrossEntropyLoss"),
+        "regression": ("RegressionModel", "MSELoss"),
+        "reconstruction": ("ReconstructionModel", "MSELoss"),
+    }
     return {
-        "name_": "RegressionModel" if regression else "ClassificationModel",
-        "task": "regression" if regression else "classification",
-        "network": {"name_": "CNN", **description},
-        "loss": {"name_": "MSELoss" if regression else "CrossEntropyLoss"},
+        "name_": names[task][0],
+        "task": task,
+        "network": network,
+        "loss": {"name_": names[task][1]},
         "optimizer": {
             "name_": train["optimizer"],
             "lr": train["learning_rate"],
@@ -98,6 +115,7 @@ def create_maps(
     """Write the MAPS root files and ``training/data``; return the split manifest path."""
     from .train.metrics import check_metric_names, metrics_json
 
+    check_network_task(model, task)
     check_metric_names(train["metrics"], "train.metrics", task)
     check_metric_names(train["monitor"], "train.monitor", task)
     missing = sorted(set(train["monitor"]) - set(train["metrics"]))
@@ -119,7 +137,7 @@ def create_maps(
     shape = io.read_json(info_path(manifest))["shape"]
     target = target_scale(manifest) if task == "regression" else None
     Maps(maps_dir).create(
-        model=model_json(model, train, shape, classes, target),
+        model=model_json(model, train, shape, classes, target, task),
         metrics=metrics_json(train["metrics"]),
         callbacks=callbacks_json(train),
         optimization=optimization_json(train),

@@ -78,6 +78,12 @@ def interpretation_jobs(
     """
     if not settings.get("enabled"):
         return []
+    if task == "reconstruction":
+        raise UserError(
+            "interpret.enabled: saliency maps explain a class score or a regression output; "
+            "an autoencoder (data.task: reconstruction) has neither. Set interpret.enabled: "
+            "false, or interpret a CNN trained from it (train.transfer_learning)"
+        )
     check_methods(settings["methods"])
     chosen = list(groups) if settings.get("groups") is None else list(settings["groups"])
     unknown = [g for g in chosen if g not in groups]

@@ -63,7 +63,12 @@ class CNN(nn.Module):
         return self.fc(self.pool(self.convolutions(x)))
 
 
-def build_network(description: Mapping[str, Any]) -> CNN:
+def build_network(description: Mapping[str, Any]) -> nn.Module:
+    """The network of a ``model.json`` description (its ``name_``: CNN or AutoEncoder)."""
+    if description.get("name_") == "AutoEncoder":
+        from .autoencoder import AutoEncoder
+
+        return AutoEncoder(description)
     return CNN(description)
 
 
@@ -76,6 +81,7 @@ def summary(network: nn.Module, input_shape: Sequence[int]) -> str:
 
             def hook(mod, _inp, out, name=name):
                 params = sum(p.numel() for p in mod.parameters())
+                out = out[0] if isinstance(out, tuple) else out  # max pooling with indices
                 rows.append((f"{name} ({type(mod).__name__})", str(tuple(out.shape)), params))
 
             hooks.append(module.register_forward_hook(hook))

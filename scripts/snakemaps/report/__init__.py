@@ -58,6 +58,8 @@ METRIC_LABELS = {
     "MSE": "Mean squared error",
     "MAE": "Mean absolute error",
     "R2": "R² (coefficient of determination)",
+    "PSNR": "Peak signal-to-noise ratio (dB)",
+    "SSIM": "Structural similarity (SSIM)",
 }
 # Metrics whose values lie in [0, 1].
 BOUNDED = {"Accuracy", "BalancedAccuracy", "Sensitivity", "Specificity", "RocAuc", "F1"}
@@ -83,11 +85,10 @@ def metric_label(name: str) -> str:
 
 def loss_label(maps: Maps) -> str:
     """The loss with its kind, from model.json (cross-entropy, or MSE on the standardized target)."""
-    kind = (
-        io.read_json(maps.model_json).get("loss", {}).get("name_")
-        if maps.model_json.exists()
-        else None
-    )
+    model = io.read_json(maps.model_json) if maps.model_json.exists() else {}
+    kind = model.get("loss", {}).get("name_")
+    if model.get("task") == "reconstruction":
+        return "Loss (MSE per voxel, input against reconstruction)"
     return {
         "CrossEntropyLoss": "Loss (cross-entropy)",
         "MSELoss": "Loss (MSE, standardized target)",
@@ -459,7 +460,11 @@ def test_metrics(
 
 # Confusion matrix and ROC --------------------------------------------------------
 def _test_details(
-    maps: Maps, group: str, model: str, splits: Sequence[int] | None
+    maps: Maps,
+    group: str,
+    model: str,
+    splits: Sequence[int] | None,
+    columns: Sequence[str] = ("label", "prediction"),
 ) -> dict[int, pd.DataFrame]:
     """Split -> per-image test predictions of ``model`` on ``group``."""
     group_dir = maps.test_group(group)
@@ -476,7 +481,7 @@ def _test_details(
             group_dir.results.splits[int(k)].models[model].metrics.details_tsv,
             f"per-image test predictions of split {k}, model {model} on group {group}, "
             "by rule test",
-            ("label", "prediction"),
+            columns,
         )
         for k in splits
     }

@@ -56,6 +56,12 @@ Choices where ClinicaDL is vague:
     tracer, suvr_reference_region,
     custom_suffix                         -> data.<same name>
 
+    transfer_learning_path,
+    transfer_learning_selection           -> train.transfer_learning.{path, selection}
+                                             (best_loss -> best-loss, best_balanced_accuracy
+                                             -> best-BalancedAccuracy; see
+                                             snakemaps.train.transfer.search_overrides)
+
 Only keys present in the options appear. ``wd_bool`` is not mapped (it is
 already folded into ``weight_decay``). A run whose data keys differ from the
 config's gets its own tensor cache (``snakemaps.data.datasets``).
@@ -123,6 +129,9 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "discarded_slices": "randint",
     "slice_direction": "choice",
     "use_extracted_slices": "fixed",
+    # Transfer learning (snakemaps.train.transfer).
+    "transfer_learning_path": "fixed",
+    "transfer_learning_selection": "choice",
 }
 
 MANDATORY: tuple[str, ...] = ("epochs", "n_convblocks", "first_conv_width", "n_fcblocks")
@@ -176,6 +185,8 @@ DATA_KEYS: dict[str, str] = {
 _TRAIN_KEYS = ("epochs", "learning_rate", "weight_decay", "batch_size", "accumulation_steps")
 _EARLY_STOPPING_KEYS = ("patience", "tolerance")
 
+# ClinicaDL 0.2's names (best_loss, best_balanced_accuracy) or this workflow's.
+SELECTION_PATTERN = r"^(best_loss|best_balanced_accuracy|best-[A-Za-z][A-Za-z0-9]*|final)$"
 _INT_MIN1 = ({"type": "integer", "minimum": 1}, "an integer >= 1")
 _INT_MIN0 = ({"type": "integer", "minimum": 0}, "an integer >= 0")
 _UNIT = ({"type": "number", "minimum": 0, "maximum": 1}, "a number in [0, 1]")
@@ -240,6 +251,14 @@ _ITEMS: dict[str, tuple[dict[str, Any], str]] = {
     "discarded_slices": _INT_MIN0,
     "slice_direction": ({"enum": [0, 1, 2]}, "one of 0, 1, 2"),
     "use_extracted_slices": _BOOL,
+    "transfer_learning_path": (
+        {"type": ["string", "null"]},
+        "a MAPS directory or null (a fixed value)",
+    ),
+    "transfer_learning_selection": (
+        {"type": "string", "pattern": SELECTION_PATTERN},
+        'one of "best_loss", "best_balanced_accuracy" (or best-<metric>, final)',
+    ),
 }
 
 
@@ -493,6 +512,9 @@ def to_config_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
     data = {DATA_KEYS[key]: copy.deepcopy(options[key]) for key in DATA_KEYS if key in options}
     if isinstance(data.get("diagnoses"), str):
         data["diagnoses"] = [data["diagnoses"]]
+    from ..train.transfer import search_overrides
+
+    train.update(search_overrides(options))
     overrides: dict[str, Any] = {}
     if data:
         overrides["data"] = data

@@ -72,7 +72,7 @@ def strata(labels: pd.Series, task: str, n_groups: int) -> pd.Series:
     ``n_groups`` is the size of the smallest side a split makes (folds, or the
     validation set of a single split); each bin needs about that many members.
     """
-    if task == "classification":
+    if task != "regression":  # classes (a reconstruction's too: its labels only stratify)
         return labels
     values = pd.to_numeric(labels)
     bins = max(1, min(5, len(values) // max(n_groups, 2), n_groups))

@@ -155,6 +155,7 @@ def train_rank(
     val_data = CachedImages(split_frame(maps_dir, split, "validation"), classes)
 
     network = build_network(model["network"])
+    transferred = transfer_into(network, train, split, model["network"])
     channels_last = train["channels_last"]
     network = network.to(
         device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
@@ -226,7 +227,13 @@ def train_rank(
         settings=settings,
         metric_names=train["metrics"],
         callbacks=callbacks,
-        fingerprint=fingerprint(semantic, model["network"], manifest["hash"], split),
+        fingerprint=fingerprint(
+            semantic,
+            model["network"],
+            manifest["hash"],
+            split,
+            *([transferred["sha256"]] if transferred else []),
+        ),
         objective=Objective.of(model),
         group=group,
     )
@@ -239,6 +246,7 @@ def train_rank(
                 "config": dict(train),
                 "split_manifest_hash": manifest["hash"],
                 "world_size": group.world_size,
+                **({"transfer_learning": transferred} if transferred else {}),
                 **system_facts(device),
             },
         )
@@ -259,6 +267,29 @@ def train_rank(
                 )
                 Maps.save_file(text, split_dir.warning_log, overwrite=True)
     return split_dir.models.final.model_pt
+
+
+def transfer_into(
+    network: Any, train: Mapping[str, Any], split: int, description: Mapping[str, Any]
+) -> dict[str, Any] | None:
+    """Apply ``train.transfer_learning`` (``snakemaps.train.transfer``) and log what it did."""
+    from .transfer import apply_transfer
+
+    settings = train.get("transfer_learning") or {}
+    record = apply_transfer(network, settings, split, description.get("name_", "CNN"))
+    if record is not None:
+        logger.info(
+            "split-%d: transfer learning from %s (sha256 %s): copied %d tensor(s) (%s); "
+            "left as initialised: %s; not used from the source: %s",
+            split,
+            record["file"],
+            record["sha256"],
+            len(record["copied"]),
+            ", ".join(record["copied"]),
+            ", ".join(record["left_initialized"]) or "none",
+            ", ".join(record["source_unused"]) or "none",
+        )
+    return record
 
 
 def computational_json(trainer: Any) -> dict[str, Any]:

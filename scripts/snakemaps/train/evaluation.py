@@ -100,30 +100,54 @@ def recalibrate_batchnorm(
 
 @dataclasses.dataclass(frozen=True)
 class Objective:
-    """What the network's output means: class logits, or a standardized regression target.
+    """What the network's output means: class logits, a standardized regression target,
+    or a reconstruction of the input (``snakemaps.train.reconstruction``).
 
     ``target`` (regression only) holds the training labels' mean and standard
     deviation: the loss is the squared error on the standardized target, and
-    predictions are given back in the label's units.
+    predictions are given back in the label's units. A reconstruction's loss
+    is the mean squared error per voxel against ``inputs``, and its outputs
+    are per-image MSE, PSNR and SSIM.
     """
 
     target: dict[str, float] | None = None
+    reconstruction: bool = False
 
     @classmethod
     def of(cls, model: dict[str, Any]) -> Objective:
         """The objective of a MAPS's ``model.json``."""
-        return cls(model["target"] if model.get("task") == "regression" else None)
+        task = model.get("task")
+        return cls(
+            model["target"] if task == "regression" else None,
+            reconstruction=task == "reconstruction",
+        )
 
-    def loss(self, output: torch.Tensor, labels: torch.Tensor, reduction: str = "mean"):
+    def loss(
+        self,
+        output: torch.Tensor,
+        labels: torch.Tensor,
+        reduction: str = "mean",
+        inputs: torch.Tensor | None = None,
+    ):
         output = output.float()
+        if self.reconstruction:
+            from .reconstruction import voxel_mse
+
+            per_image = voxel_mse(output, inputs)
+            return per_image.mean() if reduction == "mean" else per_image
         if self.target is None:
             return nn.functional.cross_entropy(output, labels, reduction=reduction)
         scaled = (labels - self.target["mean"]) / self.target["std"]
         return nn.functional.mse_loss(output[:, 0], scaled, reduction=reduction)
 
-    def outputs(self, output: torch.Tensor) -> np.ndarray:
-        """Class probabilities (n, classes), or predictions in the label's units (n,)."""
+    def outputs(self, output: torch.Tensor, inputs: torch.Tensor | None = None) -> np.ndarray:
+        """Class probabilities (n, classes), predictions in the label's units (n,), or
+        per-image reconstruction metrics (a structured array)."""
         output = output.float()
+        if self.reconstruction:
+            from .reconstruction import per_image
+
+            return per_image(output, inputs)
         if self.target is None:
             return torch.softmax(output, dim=1).cpu().numpy()
         return (output[:, 0] * self.target["std"] + self.target["mean"]).cpu().numpy()
@@ -155,8 +179,10 @@ def predict(
                 on_batch("output", images, output)
             all_idx.append(np.asarray(indices))
             all_y.append(labels.cpu().numpy())
-            all_p.append(objective.outputs(output))
-            all_l.append(objective.loss(output, labels, reduction="none").cpu().numpy())
+            all_p.append(objective.outputs(output, images))
+            all_l.append(
+                objective.loss(output, labels, reduction="none", inputs=images).cpu().numpy()
+            )
             if on_batch:
                 on_batch("end", images, output)
     if not all_idx:  # an empty share

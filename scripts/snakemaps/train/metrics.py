@@ -10,17 +10,19 @@ import pandas as pd
 
 from ..errors import UserError
 from ..maps.names import validate_metric_name
+from . import reconstruction
 
-C, R = "classification", "regression"
+C, R, X = "classification", "regression", "reconstruction"
 # name -> (higher is better, description for metrics.json, tasks it applies to)
 METRICS: dict[str, tuple[bool, str, tuple[str, ...]]] = {
     "loss": (
         False,
         (
-            "mean cross-entropy (classification) or mean squared error on the standardized "
-            "target (regression)"
+            "mean cross-entropy (classification), mean squared error on the standardized "
+            "target (regression), or mean squared error per voxel between the input and its "
+            "reconstruction (reconstruction)"
         ),
-        (C, R),
+        (C, R, X),
     ),
     "Accuracy": (True, "sklearn.metrics.accuracy_score", (C,)),
     "BalancedAccuracy": (True, "sklearn.metrics.balanced_accuracy_score", (C,)),
@@ -36,9 +38,33 @@ METRICS: dict[str, tuple[bool, str, tuple[str, ...]]] = {
     ),
     "RocAuc": (True, "sklearn.metrics.roc_auc_score (one-vs-rest if more than 2 classes)", (C,)),
     "F1": (True, "sklearn.metrics.f1_score (macro if more than 2 classes)", (C,)),
-    "MSE": (False, "sklearn.metrics.mean_squared_error, in the label's units squared", (R,)),
+    "MSE": (
+        False,
+        (
+            "sklearn.metrics.mean_squared_error, in the label's units squared (regression); "
+            "torchmetrics mean_squared_error of each reconstruction, averaged over images "
+            "(reconstruction)"
+        ),
+        (R, X),
+    ),
     "MAE": (False, "sklearn.metrics.mean_absolute_error, in the label's units", (R,)),
     "R2": (True, "sklearn.metrics.r2_score (coefficient of determination)", (R,)),
+    "PSNR": (
+        True,
+        (
+            "torchmetrics peak_signal_noise_ratio of each reconstruction (data range: the "
+            "input's), averaged over images"
+        ),
+        (X,),
+    ),
+    "SSIM": (
+        True,
+        (
+            "torchmetrics structural_similarity_index_measure of each reconstruction (3D "
+            "Gaussian window), averaged over images"
+        ),
+        (X,),
+    ),
 }
 
 
@@ -81,6 +107,8 @@ def compute(
     ``outputs`` are class probabilities (n, classes) for classification, or
     predictions (n,) for regression.
     """
+    if reconstruction.is_reconstruction(outputs):
+        return reconstruction.compute(names, outputs, losses)
     if outputs.ndim == 1:
         return _regression(names, labels, outputs, losses)
     from sklearn import metrics as skm  # imported here: 1.5-2 s that steps without metrics skip
@@ -169,6 +197,17 @@ def details_frame(
 ) -> pd.DataFrame:
     """Per-image predictions: participant_id, session_id, label, prediction, loss (+ proba<c>)."""
     rows = frame.iloc[indices]
+    if reconstruction.is_reconstruction(outputs):
+        details = pd.DataFrame(
+            {
+                "participant_id": rows["participant_id"].to_numpy(),
+                "session_id": rows["session_id"].to_numpy(),
+                "loss": losses,
+            }
+        )
+        for name in reconstruction.FIELDS:
+            details[name] = outputs[name]
+        return details
     regression = outputs.ndim == 1
     details = pd.DataFrame(
         {

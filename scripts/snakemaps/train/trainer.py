@@ -429,7 +429,7 @@ class Trainer(Emitter):
                         self.device.type, dtype=self.dtype, enabled=self.dtype is not None
                     ),
                 ):
-                    loss = self.objective.loss(self.network(images), labels)
+                    loss = self.objective.loss(self.network(images), labels, inputs=images)
                 self.emit("on_backward_step_start", loss=loss, grad_scaler=self.scaler)
                 with self.timed("backward"):
                     self.scaler.scale(loss / settings.accumulation_steps).backward()
