@@ -179,3 +179,14 @@ def test_a_sampled_autoencoder_in_a_classification_search_is_refused_naming_the_
     with pytest.raises(UserError, match="random search job-3: model.network_type"):
         check_search_run("job-3", half, "classification")
     check_search_run("job-0", {**half, "model": {}}, "classification")
+
+
+def test_cnn_to_cnn_transfer_copies_every_parameter(tmp_path):
+    description = cnn_description()
+    maps, source = write_source(tmp_path, description, task="classification")
+    torch.manual_seed(2)
+    cnn = build_network(description)
+    record = apply_transfer(cnn, {"path": str(maps), "selection": "best-loss"}, 0, "CNN")
+    for name, parameter in cnn.named_parameters():
+        assert torch.equal(parameter, dict(source.named_parameters())[name]), name
+    assert record["left_initialized"] == [] and record["source_unused"] == []
