@@ -32,6 +32,9 @@ Choices where ClinicaDL is vague:
 - Every key draws from its own ``numpy`` Generator, seeded with the run seed
   and a CRC-32 of the key name. Adding a key to the space, or changing
   ``n_convblocks``, leaves the other keys' draws unchanged.
+- ``evaluation_steps`` is rounded to the nearest multiple of
+  ``accumulation_steps`` (at least one), as ClinicaDL 0.2 did: validations
+  run after an optimizer step only. The options hold the rounded value.
 - ``run_seed(master_seed, i)`` depends on the master seed and ``i`` only, so
   raising ``n_runs`` keeps earlier runs unchanged. Negative seeds are taken
   modulo ``2**64``.
@@ -39,7 +42,10 @@ Choices where ClinicaDL is vague:
 ``to_config_overrides`` maps sampled options onto the experiment config::
 
     epochs, learning_rate, weight_decay,
-    batch_size, accumulation_steps        -> train.<same name>
+    batch_size, accumulation_steps,
+    evaluation_steps, sampler             -> train.<same name>
+    data_augmentation                     -> train.data_augmentation (false,
+                                             null and "None" entries: none)
     patience, tolerance                   -> train.early_stopping.<same name>
                                              (patience 0 turns early stopping off)
     n_convblocks, first_conv_width,
@@ -88,6 +94,8 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "accumulation_steps": "fixed",
     "batch_size": "choice",
     "evaluation_steps": "fixed",
+    "sampler": "choice",
+    "data_augmentation": "fixed",
     # ClinicaDL CAPS data (kept, not used by this workflow).
     "mode": "choice",
     "network_type": "choice",
@@ -97,8 +105,6 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "diagnoses": "fixed",
     "baseline": "choice",
     "unnormalize": "choice",
-    "sampler": "choice",
-    "data_augmentation": "fixed",
     # ClinicaDL mode-dependent keys.
     "patch_size": "randint",
     "stride_size": "randint",
@@ -144,7 +150,15 @@ ARCHITECTURE_KEYS: tuple[str, ...] = (
     "dropout",
     "network_normalization",
 )
-_TRAIN_KEYS = ("epochs", "learning_rate", "weight_decay", "batch_size", "accumulation_steps")
+_TRAIN_KEYS = (
+    "epochs",
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "accumulation_steps",
+    "evaluation_steps",
+    "sampler",
+)
 _EARLY_STOPPING_KEYS = ("patience", "tolerance")
 
 _INT_MIN1 = ({"type": "integer", "minimum": 1}, "an integer >= 1")
@@ -364,6 +378,11 @@ def _sample(space: Mapping[str, Any], seed: int) -> dict[str, Any]:
         options["network_normalization"] = None
     if not options.get("wd_bool", True):
         options["weight_decay"] = 0.0
+    if options.get("evaluation_steps"):
+        # A multiple of accumulation_steps, as ClinicaDL 0.2's find_evaluation_steps makes it.
+        accumulation = int(options.get("accumulation_steps", 1))
+        steps = int(options["evaluation_steps"])
+        options["evaluation_steps"] = max(1, round(steps / accumulation)) * accumulation
     return options
 
 
@@ -447,9 +466,19 @@ def build_architecture(
     }
 
 
+def augmentation_names(value: Any) -> list[str]:
+    """train.data_augmentation of a sampled ``data_augmentation``: false, null and "None" are none."""
+    from ..data.augmentation import check_names
+
+    names = [] if value in (False, None) else [n for n in value if n != "None"]
+    return check_names(names, "random_search.json data_augmentation")
+
+
 def to_config_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
     """The experiment-config keys one run's options set (see the module docstring)."""
     train = {key: copy.deepcopy(options[key]) for key in _TRAIN_KEYS if key in options}
+    if "data_augmentation" in options:
+        train["data_augmentation"] = augmentation_names(options["data_augmentation"])
     early_stopping = {key: options[key] for key in _EARLY_STOPPING_KEYS if key in options}
     if early_stopping:
         train["early_stopping"] = early_stopping
