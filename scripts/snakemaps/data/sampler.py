@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
+from ..train.callbacks import Callback, TableLog
 
 SAMPLERS = ("random", "weighted")
 REGRESSION_BINS = 5
@@ -99,3 +100,39 @@ class Sampler:
 
     def describe(self) -> dict[str, Any]:
         return {"sampler": self.name, "sampling_weights": self.weights is not None}
+
+
+class SampledLabels(Callback):
+    """A callback: logs/sampling.tsv, how many samples of each class each epoch drew.
+
+    One row per epoch (``epoch`` 1-based, then one column per class), counted
+    when the epoch's first batch starts and written when the epoch ends; the
+    count waiting in between is part of the callback's state, so a resume
+    checkpoint taken inside the epoch keeps it.
+    """
+
+    name = "SampledLabels"
+
+    def __init__(self, path: Any, classes: Sequence[str]) -> None:
+        self.classes = list(classes)
+        self.log = TableLog(path, ["epoch", *self.classes])
+        self.pending: dict[str, int] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"pending": self.pending}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.pending = state.get("pending")
+
+    def on_batch_start(self, trainer: Any, **_: Any) -> None:
+        if trainer.state.stage != "train" or self.pending is not None:
+            return
+        labels = trainer.train_data.labels[trainer.epoch_order].tolist()
+        counts = np.bincount(labels, minlength=len(self.classes))
+        self.pending = dict(zip(self.classes, map(int, counts)))
+
+    def on_epoch_end(self, trainer: Any, **_: Any) -> None:
+        if self.pending is not None:
+            self.log.append({"epoch": trainer.state.current_epoch, **self.pending})
+            self.pending = None
+            self.log.flush()  # on disk before this epoch's resume checkpoint links it

@@ -192,6 +192,10 @@ def train_rank(
 
         params = {"train": dict(train), "model": model, **dict(tracked_config or {})}
         callbacks.append(mlflow_callback(tracking, maps_dir, split, params, search_run))
+    if train["sampler"] == "weighted" and classes:
+        from ..data.sampler import SampledLabels
+
+        callbacks.append(SampledLabels(split_dir.logs.path / "sampling.tsv", classes))
     callbacks.append(ResumeCheckpoint(train["checkpoint_every"]))
     if not group.writer:  # the callbacks that only write: rank 0's
         callbacks = [
