@@ -9,7 +9,6 @@ import pandas as pd
 import pytest
 import torch
 from conftest import run_snakemake
-
 from snakemaps.data.augmentation import TRANSFORMS, Augmentation, check_names, describe
 from snakemaps.data.sampler import Sampler, class_weights, regression_weights, sampling_weights
 from snakemaps.errors import UserError
@@ -36,7 +35,7 @@ def clinicadl_regression_weights(values, n_bins=5):
     count = np.zeros(n_bins)
     thresholds = [min(values) + i * (max(values) - min(values)) / n_bins for i in range(n_bins)]
     for label in values:
-        key = max(np.where((label >= np.array(thresholds)))[0])
+        key = max(np.where(label >= np.array(thresholds))[0])
         count[[key]] += 1
     weight_per_class = 1 / np.array(count)
     return [weight_per_class[max(np.where(label >= np.array(thresholds))[0])] for label in values]

@@ -4,9 +4,11 @@ The names and parameters are ClinicaDL 1.6's (``get_transforms`` in
 ``clinicadl/utils/caps_dataset/data.py``):
 
 - ``Noise``: add N(0, sigma) noise, sigma ~ U(0, 0.1) per sample.
-- ``Erasing``: torchvision's ``RandomErasing()`` defaults (p 0.5, area 0.02-0.33
-  of the last two axes, aspect ratio 0.3-3.3, value 0), the rectangle cut
-  through every leading axis as torchvision does on a 3D tensor.
+- ``Erasing``: torchvision's ``RandomErasing()`` with its defaults (p 0.5, area
+  0.02-0.33 of the last two axes, aspect ratio 0.3-3.3, value 0), written here
+  after torchvision's algorithm (torchvision is not a dependency): the
+  rectangle is cut through every leading axis, as torchvision does on a 3D
+  tensor.
 - ``CropPad``: a random integer shift in [-10, 10) along each spatial axis
   (``pad(-c, +c)``: a translation that keeps the size).
 - ``Smoothing``: scipy's ``gaussian_filter`` with sigma ~ U(0, 1).
