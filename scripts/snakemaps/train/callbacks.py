@@ -166,7 +166,8 @@ class ModelCheckpoint(Callback):
         self, trainer: Trainer, metrics: dict[str, float], mid_epoch: bool = False, **_: Any
     ) -> None:
         # Inside an epoch (train.evaluation_steps): the epoch in progress and the batch.
-        row = trainer.val_log.rows[-1] if trainer.val_log.rows else {}
+        log = getattr(trainer, "val_log", None)
+        row = log.rows[-1] if log is not None and log.rows else {}
         epoch = trainer.state.current_epoch + (1 if mid_epoch else 0)
         where = {"epoch": epoch, **({"batch": row["batch"]} if "batch" in row else {})}
         for metric in self.monitor:
