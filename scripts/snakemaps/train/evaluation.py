@@ -65,7 +65,8 @@ class Batches:
             range((first + b) * self.batch_size, (first + b) * self.batch_size + len(idx))
             for b, idx in enumerate(batches)
         ]
-        if self.dataset.images is not None and self.num_workers == 0:
+        # Workers only where there is per-sample work: files to read, samples to augment.
+        if self.dataset.images is not None and (self.num_workers == 0 or augment is None):
             source = ((self.dataset.images[idx], self.dataset.labels[idx], idx) for idx in batches)
             if augment is not None:
                 source = (
