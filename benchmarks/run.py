@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import distributed, slurm, training, workflow
+from benchmarks import augmentation, distributed, slurm, training, workflow
 from benchmarks.common import (
     Result,
     fmt,
@@ -32,6 +32,7 @@ from benchmarks.common import (
 ALL = (
     "startup",
     "trainer",
+    "augmentation",
     "ablation",
     "workflow",
     "resume",
@@ -60,6 +61,8 @@ PLANS = {
         "gpu_steps": 20,
         "distributed_epochs": 4,
         "distributed_pairs": 2,
+        "augmentation_epochs": 2,
+        "augmentation_rounds": 1,
     },
     "full": {
         "startup_reps": 3,
@@ -78,6 +81,8 @@ PLANS = {
         "gpu_steps": 100,
         "distributed_epochs": 8,
         "distributed_pairs": 3,
+        "augmentation_epochs": 3,
+        "augmentation_rounds": 3,
     },
 }
 
@@ -130,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             results += workflow.startup_costs(plan["startup_reps"], log)
         needs_cohort = {
             "trainer",
+            "augmentation",
             "ablation",
             "workflow",
             "resume",
@@ -143,6 +149,16 @@ def main(argv: list[str] | None = None) -> int:
             with temp_dir("trainer") as work:
                 results += training.trainer_benchmarks(
                     work, cohort, plan["trainer_epochs"], plan["trainer_pairs"], log
+                )
+        if "augmentation" in args.only:
+            log("augmentation: data waiting share and samples/s, 0 and 2 DataLoader workers")
+            with temp_dir("augmentation") as work:
+                results += augmentation.augmentation_cost(
+                    work,
+                    cohort,
+                    plan["augmentation_epochs"],
+                    plan["augmentation_rounds"],
+                    log,
                 )
         if "ablation" in args.only:
             log("trainer vs plain loop with parts of the trainer switched off (what-if)")

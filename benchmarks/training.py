@@ -76,8 +76,8 @@ class Probe:
             finally:
                 probe.checkpoint_wait += time.perf_counter() - start
 
-        def timed_iterate(batches: Any, plan: Any) -> Iterator[Any]:
-            source = iterate(batches, plan)
+        def timed_iterate(batches: Any, plan: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            source = iterate(batches, plan, *args, **kwargs)
             while True:
                 start = time.perf_counter()
                 item = next(source, None)

@@ -61,6 +61,20 @@ if SYNTHETIC:
         raise WorkflowError(str(error)) from None
 
 
+def check_train(settings, where="train"):
+    """Training options the schema cannot check alone (snakemaps.train.options)."""
+    from snakemaps.errors import UserError
+    from snakemaps.train.options import check_train_options
+
+    try:
+        check_train_options(settings["train"], settings["data"]["task"], where)
+    except UserError as error:
+        raise WorkflowError(str(error)) from None
+
+
+check_train(config)
+
+
 def train_processes(wildcards):
     """A train job's threads: one per rank of train.distributed on this node."""
     return exp(wildcards)["train"]["distributed"]["processes"]
@@ -402,6 +416,7 @@ def random_search_runs():
             check_search_run(job, experiment, config["data"]["task"])
         except UserError as error:
             raise WorkflowError(str(error)) from None
+        check_train(experiment, f"random search {job}: train")
     return runs
 
 

@@ -132,6 +132,8 @@ def create_maps(
         num_workers=train["num_workers"],
         positive_class=positive_class,
         task=task,
+        augmentation=train["data_augmentation"],
+        sampler=train["sampler"],
     )
     classes = io.read_json(manifest_path)["classes"]
     shape = io.read_json(info_path(manifest))["shape"]

@@ -202,11 +202,20 @@ def _best_epochs(maps: Maps, split: int, log: pd.DataFrame) -> dict[str, int]:
     return found
 
 
+def _validation_epochs(log: pd.DataFrame, train: pd.DataFrame) -> Any:
+    """Where each validation ran, in epochs: inside epoch e after batch b, e - 1 + (b + 1) / n."""
+    if "batch" not in log.columns or "batch" not in train.columns:
+        return log["epoch"]
+    n_batches = train.groupby("epoch")["batch"].max() + 1
+    n = log["epoch"].map(n_batches).fillna(log["batch"] + 1)
+    return log["epoch"] - 1 + (log["batch"] + 1) / n
+
+
 def _score_metric(log: pd.DataFrame) -> str | None:
     for name in ("BalancedAccuracy", "Accuracy", "RocAuc", "F1"):
         if name in log.columns:
             return name
-    others = [c for c in log.columns if c not in ("epoch", "loss")]
+    others = [c for c in log.columns if c not in ("epoch", "batch", "loss")]
     return others[0] if others else None
 
 
@@ -252,9 +261,8 @@ def learning_curves(
             markersize=3,
             label="training loss (mean over the batches of the epoch)",
         )
-        ax.plot(
-            log["epoch"], log["loss"], "-s", color="#ff7f0e", markersize=4, label="validation loss"
-        )
+        when = _validation_epochs(log, train)
+        ax.plot(when, log["loss"], "-s", color="#ff7f0e", markersize=4, label="validation loss")
         ax.set_title("Loss per epoch", fontsize=10)
         ax.set_ylabel(loss_label(maps))
         panels = [(ax, "loss")]
@@ -262,7 +270,7 @@ def learning_curves(
             ax2 = axes[row][1]
             if score in log.columns:
                 ax2.plot(
-                    log["epoch"],
+                    when,
                     log[score],
                     "-s",
                     color="#2ca02c",

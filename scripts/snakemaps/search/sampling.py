@@ -33,6 +33,9 @@ Choices where ClinicaDL is vague:
 - Every key draws from its own ``numpy`` Generator, seeded with the run seed
   and a CRC-32 of the key name. Adding a key to the space, or changing
   ``n_convblocks``, leaves the other keys' draws unchanged.
+- ``evaluation_steps`` is rounded to the nearest multiple of
+  ``accumulation_steps`` (at least one), as ClinicaDL 0.2 did: validations
+  run after an optimizer step only. The options hold the rounded value.
 - ``run_seed(master_seed, i)`` depends on the master seed and ``i`` only, so
   raising ``n_runs`` keeps earlier runs unchanged. Negative seeds are taken
   modulo ``2**64``.
@@ -40,7 +43,10 @@ Choices where ClinicaDL is vague:
 ``to_config_overrides`` maps sampled options onto the experiment config::
 
     epochs, learning_rate, weight_decay,
-    batch_size, accumulation_steps        -> train.<same name>
+    batch_size, accumulation_steps,
+    evaluation_steps, sampler             -> train.<same name>
+    data_augmentation                     -> train.data_augmentation (false,
+                                             null and "None" entries: none)
     patience, tolerance                   -> train.early_stopping.<same name>
                                              (patience 0 turns early stopping off)
     n_convblocks, first_conv_width,
@@ -105,6 +111,8 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "accumulation_steps": "fixed",
     "batch_size": "choice",
     "evaluation_steps": "fixed",
+    "sampler": "choice",
+    "data_augmentation": "fixed",
     # ClinicaDL CAPS data (-> data.*, DATA_KEYS).
     "caps_dir": "fixed",
     "preprocessing": "choice",
@@ -116,11 +124,9 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "tracer": "fixed",
     "suvr_reference_region": "fixed",
     "custom_suffix": "fixed",
-    # ClinicaDL modes and training options (kept, not used by this workflow).
+    # ClinicaDL modes (kept, not used by this workflow).
     "mode": "choice",
     "network_type": "choice",
-    "sampler": "choice",
-    "data_augmentation": "fixed",
     # ClinicaDL mode-dependent keys.
     "patch_size": "randint",
     "stride_size": "randint",
@@ -182,7 +188,15 @@ DATA_KEYS: dict[str, str] = {
     "suvr_reference_region": "suvr_reference_region",
     "custom_suffix": "custom_suffix",
 }
-_TRAIN_KEYS = ("epochs", "learning_rate", "weight_decay", "batch_size", "accumulation_steps")
+_TRAIN_KEYS = (
+    "epochs",
+    "learning_rate",
+    "weight_decay",
+    "batch_size",
+    "accumulation_steps",
+    "evaluation_steps",
+    "sampler",
+)
 _EARLY_STOPPING_KEYS = ("patience", "tolerance")
 
 # ClinicaDL 0.2's names (best_loss, best_balanced_accuracy) or this workflow's.
@@ -419,6 +433,11 @@ def _sample(space: Mapping[str, Any], seed: int) -> dict[str, Any]:
         options["network_normalization"] = None
     if not options.get("wd_bool", True):
         options["weight_decay"] = 0.0
+    if options.get("evaluation_steps"):
+        # A multiple of accumulation_steps, as ClinicaDL 0.2's find_evaluation_steps makes it.
+        accumulation = int(options.get("accumulation_steps", 1))
+        steps = int(options["evaluation_steps"])
+        options["evaluation_steps"] = max(1, round(steps / accumulation)) * accumulation
     return options
 
 
@@ -502,9 +521,19 @@ def build_architecture(
     }
 
 
+def augmentation_names(value: Any) -> list[str]:
+    """train.data_augmentation of a sampled ``data_augmentation``: false, null and "None" are none."""
+    from ..data.augmentation import check_names
+
+    names = [] if value in (False, None) else [n for n in value if n != "None"]
+    return check_names(names, "random_search.json data_augmentation")
+
+
 def to_config_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
     """The experiment-config keys one run's options set (see the module docstring)."""
     train = {key: copy.deepcopy(options[key]) for key in _TRAIN_KEYS if key in options}
+    if "data_augmentation" in options:
+        train["data_augmentation"] = augmentation_names(options["data_augmentation"])
     early_stopping = {key: options[key] for key in _EARLY_STOPPING_KEYS if key in options}
     if early_stopping:
         train["early_stopping"] = early_stopping

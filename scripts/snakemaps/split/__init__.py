@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,25 @@ def dataset_description(frame: pd.DataFrame, manifest: Path, classes: list[str])
     }
 
 
+def training_options(
+    rows: pd.DataFrame,
+    dataset: dict[str, Any],
+    loader: dict[str, Any],
+    augmentation: Sequence[str],
+    sampler: str | None,
+    task: str,
+) -> tuple[pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """Record augmentations (dataset.json) and weighted sampling (data.tsv, dataloader.json)."""
+    from ..data.augmentation import describe
+    from ..data.sampler import WEIGHT_COLUMN, sampling_weights
+
+    dataset = {**dataset, "transforms": {"augmentations": describe(augmentation)}}
+    if sampler == "weighted":
+        rows = rows.assign(**{WEIGHT_COLUMN: sampling_weights(list(rows["label"]), task)})
+        loader = {**loader, "sampling_weights": WEIGHT_COLUMN}
+    return rows, dataset, loader
+
+
 def public_columns(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.drop(columns=[c for c in ("image", "tensor") if c in frame.columns])
 
@@ -210,8 +229,15 @@ def make_splits(
     num_workers: int,
     positive_class: str | None = None,
     task: str = "classification",
+    augmentation: Sequence[str] = (),
+    sampler: str = "random",
 ) -> Path:
     """Split the prepared table and write ``training/data/`` of the MAPS.
+
+    The training side records ``augmentation`` (train.data_augmentation) in its
+    dataset.json and, with the weighted ``sampler``, each image's sampling
+    weight in a data.tsv column that its dataloader.json names (ClinicaDL 2.0's
+    ``sampling_weights``).
 
     Test groups play no part: each is checked against the split when it is
     registered (``check_test_group``), so adding one never reruns the split.
@@ -240,15 +266,19 @@ def make_splits(
             (data.train.splits[k], train_rows, True),
             (data.validation.splits[k], val_rows, False),
         ):
+            dataset = dataset_description(rows, manifest, classes)
+            loader = dataloader_description(batch_size, shuffle, num_workers)
+            rows, dataset, loader = training_options(
+                rows,
+                dataset,
+                loader,
+                augmentation if shuffle else (),
+                sampler if shuffle else None,
+                task,
+            )
             maps.save_file(public_columns(rows), subset.data_tsv, overwrite=True)
-            maps.save_file(
-                dataset_description(rows, manifest, classes), subset.dataset_json, overwrite=True
-            )
-            maps.save_file(
-                dataloader_description(batch_size, shuffle, num_workers),
-                subset.dataloader_json,
-                overwrite=True,
-            )
+            maps.save_file(dataset, subset.dataset_json, overwrite=True)
+            maps.save_file(loader, subset.dataloader_json, overwrite=True)
         splits[str(k)] = {
             "train": list(zip(train_rows.participant_id, train_rows.session_id)),
             "validation": list(zip(val_rows.participant_id, val_rows.session_id)),

@@ -153,6 +153,7 @@ def train_rank(
     classes = model["classes"]
     train_data = CachedImages(split_frame(maps_dir, split, "train"), classes)
     val_data = CachedImages(split_frame(maps_dir, split, "validation"), classes)
+    sampler, augment = training_order(train, model, train_data, group, seed)
 
     network = build_network(model["network"])
     transferred = transfer_into(network, train, split, model["network"])
@@ -192,6 +193,10 @@ def train_rank(
 
         params = {"train": dict(train), "model": model, **dict(tracked_config or {})}
         callbacks.append(mlflow_callback(tracking, maps_dir, split, params, search_run))
+    if train["sampler"] == "weighted" and classes:
+        from ..data.sampler import SampledLabels
+
+        callbacks.append(SampledLabels(split_dir.logs.path / "sampling.tsv", classes))
     callbacks.append(ResumeCheckpoint(train["checkpoint_every"]))
     if not group.writer:  # the callbacks that only write: rank 0's
         callbacks = [
@@ -209,6 +214,7 @@ def train_rank(
         max_loss=train["max_loss"],
         bn_recalibration_batches=train["bn_recalibration_batches"],
         evaluation_interval=train["evaluation_interval"],
+        evaluation_steps=train["evaluation_steps"],
         seed=seed,
         deterministic=train["deterministic"],
         num_workers=train["num_workers"],
@@ -236,6 +242,8 @@ def train_rank(
         ),
         objective=Objective.of(model),
         group=group,
+        sampler=sampler,
+        augment=augment,
     )
     if group.writer:
         Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
@@ -290,6 +298,28 @@ def transfer_into(
             ", ".join(record["source_unused"]) or "none",
         )
     return record
+
+
+def training_order(
+    train: Mapping[str, Any], model: Mapping[str, Any], train_data: Any, group: Any, seed: int
+) -> tuple[Any, Any]:
+    """The sampler (train.sampler) and augmentation (train.data_augmentation) of a run.
+
+    Checks train.evaluation_steps against the batches of an epoch first.
+    """
+    from ..data.augmentation import Augmentation
+    from ..data.sampler import Sampler, sampling_weights
+    from .options import check_evaluation_steps
+
+    n_batches = -(-group.num_samples(len(train_data)) // train["batch_size"])
+    check_evaluation_steps(train["evaluation_steps"], n_batches, train["evaluation_interval"])
+    weights = None
+    if train["sampler"] == "weighted":
+        labels = train_data.labels.tolist()
+        weights = sampling_weights(labels, model.get("task", "classification"))
+    sampler = Sampler(train["sampler"], len(train_data), group, seed, weights)
+    names = list(train["data_augmentation"])
+    return sampler, (Augmentation(names, seed, group.rank) if names else None)
 
 
 def computational_json(trainer: Any) -> dict[str, Any]:

@@ -162,13 +162,25 @@ class ModelCheckpoint(Callback):
         old = self.best[metric]["value"]
         return value > old if higher_is_better(metric) else value < old
 
-    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float], **_: Any) -> None:
-        epoch = trainer.state.current_epoch
+    def on_validation_end(
+        self, trainer: Trainer, metrics: dict[str, float], mid_epoch: bool = False, **_: Any
+    ) -> None:
+        # Inside an epoch (train.evaluation_steps): the epoch in progress and the batch.
+        log = getattr(trainer, "val_log", None)
+        row = log.rows[-1] if log is not None and log.rows else {}
+        epoch = trainer.state.current_epoch + (1 if mid_epoch else 0)
+        where = {"epoch": epoch, **({"batch": row["batch"]} if "batch" in row else {})}
         for metric in self.monitor:
             if self.is_better(metric, metrics[metric]):
-                self.best[metric] = {"value": metrics[metric], "epoch": epoch}
+                self.best[metric] = {"value": metrics[metric], **where}
                 self._publish(trainer, f"best-{metric}.pt")
-                logger.info("new best %s = %.4f at epoch %d", metric, metrics[metric], epoch)
+                logger.info(
+                    "new best %s = %.4f at epoch %d%s",
+                    metric,
+                    metrics[metric],
+                    epoch,
+                    f", batch {where['batch']}" if mid_epoch else "",
+                )
 
     def on_epoch_end(self, trainer: Trainer, **_: Any) -> None:
         if trainer.state.current_epoch in self.save_epochs:
@@ -234,7 +246,11 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.bad = state.get("best"), state.get("bad", 0)
 
-    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float], **_: Any) -> None:
+    def on_validation_end(
+        self, trainer: Trainer, metrics: dict[str, float], mid_epoch: bool = False, **_: Any
+    ) -> None:
+        if mid_epoch:  # patience counts epoch-end validations
+            return
         value = metrics[self.metric]
         sign = 1 if higher_is_better(self.metric) else -1
         if self.best is None or sign * (value - self.best) > self.tolerance:
@@ -279,10 +295,12 @@ class LRScheduler(Callback):
             }
         )
 
-    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float], **_: Any) -> None:
+    def on_validation_end(
+        self, trainer: Trainer, metrics: dict[str, float], mid_epoch: bool = False, **_: Any
+    ) -> None:
         from torch.optim.lr_scheduler import ReduceLROnPlateau
 
-        if isinstance(self.scheduler, ReduceLROnPlateau):
+        if isinstance(self.scheduler, ReduceLROnPlateau) and not mid_epoch:
             self.scheduler.step(metrics[self.monitor])
 
     def on_epoch_end(self, trainer: Trainer, **_: Any) -> None:
@@ -401,9 +419,20 @@ class ProgressLogger(Callback):
                 loss,
             )
 
-    def on_validation_end(self, trainer: Trainer, metrics: dict[str, float], **_: Any) -> None:
+    def on_validation_end(
+        self, trainer: Trainer, metrics: dict[str, float], mid_epoch: bool = False, **_: Any
+    ) -> None:
         shown = " ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         train_loss = sum(self.epoch_losses) / max(len(self.epoch_losses), 1)
+        if mid_epoch:
+            logger.info(
+                "split-%d epoch %d, after batch %d: validation %s",
+                trainer.state.split_idx,
+                trainer.state.current_epoch + 1,
+                trainer.state.current_train_batch - 1,
+                shown,
+            )
+            return
         logger.info(
             "split-%d epoch %d/%d: train loss %.4f | validation %s | %.1f s",
             trainer.state.split_idx,

@@ -32,9 +32,12 @@ class Batches:
         device: torch.device,
         num_workers: int = 0,
         channels_last: bool = False,
+        augment: Any = None,
     ) -> None:
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
         self.num_workers = num_workers
+        # Training batches only: augment(images, epoch, positions) (snakemaps.data.augmentation).
+        self.augment = augment or None
         self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.pinned = device.type == "cuda"
         if dataset.images is not None and self.pinned:
@@ -48,26 +51,63 @@ class Batches:
         return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
 
     def iterate(
-        self, batches: Sequence[Sequence[int]]
+        self, batches: Sequence[Sequence[int]], epoch: int | None = None, first: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
-        if self.dataset.images is not None and self.num_workers == 0:
-            source = (
-                (self.dataset.images[idx], self.dataset.labels[idx], list(idx))
-                for idx in map(list, batches)
-            )
+        """The batches, on the device; augmented when ``epoch`` is given and ``augment`` set.
+
+        ``first`` is the index of the first of ``batches`` in the epoch's plan:
+        sample ``j`` of batch ``b`` is at position ``(first + b) * batch_size + j``
+        of the epoch, which seeds its augmentation.
+        """
+        augment = self.augment if epoch is not None else None
+        batches = [list(b) for b in batches]
+        positions = [
+            range((first + b) * self.batch_size, (first + b) * self.batch_size + len(idx))
+            for b, idx in enumerate(batches)
+        ]
+        # Workers only where there is per-sample work: files to read, samples to augment.
+        if self.dataset.images is not None and (self.num_workers == 0 or augment is None):
+            source = ((self.dataset.images[idx], self.dataset.labels[idx], idx) for idx in batches)
+            if augment is not None:
+                source = (
+                    (augment(x, epoch, where), y, idx)
+                    for (x, y, idx), where in zip(source, positions)
+                )
         else:
             from torch.utils.data import DataLoader
 
+            dataset, sampler = self.dataset, batches
+            if augment is not None:  # each worker augments its samples
+                dataset = AugmentedSamples(self.dataset, augment, epoch)
+                sampler = [list(zip(idx, where)) for idx, where in zip(batches, positions)]
             loader = DataLoader(
-                self.dataset,
-                batch_sampler=[list(b) for b in batches],
+                dataset,
+                batch_sampler=sampler,
                 num_workers=self.num_workers,
                 pin_memory=self.pinned,
+                # The workers' base seed from a generator of its own: the global
+                # random state (dropout) is the same with and without workers.
+                generator=torch.Generator().manual_seed(0),
             )
             source = ((x, y, idx.tolist()) for x, y, idx in loader)
         for images, labels, indices in source:
             images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
             yield images, labels.to(self.device, non_blocking=True), indices
+
+
+class AugmentedSamples(torch.utils.data.Dataset):
+    """``dataset`` read by ``(index, position)``, each sample augmented (DataLoader workers)."""
+
+    def __init__(self, dataset: Any, augment: Any, epoch: int) -> None:
+        self.dataset, self.augment, self.epoch = dataset, augment, epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, Any, int]:
+        index, position = key
+        image, label, index = self.dataset[index]
+        return self.augment.one(image, self.epoch, position).to(image.dtype), label, index
 
 
 def recalibrate_batchnorm(

@@ -79,6 +79,9 @@ class Settings:
     max_loss: float = 1000.0
     bn_recalibration_batches: int = 4
     evaluation_interval: int = 1
+    # Also validate inside an epoch after batch i when (i + 1) % evaluation_steps == 0
+    # and an optimizer step ends there (ClinicaDL's rule); 0: only at epoch ends.
+    evaluation_steps: int = 0
     seed: int = 0
     deterministic: bool = False
     num_workers: int = 0
@@ -109,6 +112,8 @@ class Trainer(Emitter):
         fingerprint: str,
         objective: Objective = Objective(),  # noqa: B008 - a frozen dataclass
         group: Group = SINGLE,
+        sampler: Any = None,
+        augment: Any = None,
     ) -> None:
         self.maps, self.split_dir = maps, maps.split(split)
         self.group = group
@@ -134,6 +139,7 @@ class Trainer(Emitter):
             self.device,
             settings.num_workers,
             settings.channels_last,
+            augment=augment,
         )
         self.val_batches = Batches(
             val_data, settings.batch_size, self.device, settings.num_workers, settings.channels_last
@@ -145,6 +151,8 @@ class Trainer(Emitter):
             num_val_batches=len(self.val_batches),
         )
         self.generator = torch.Generator().manual_seed(settings.seed)
+        # The epoch order (snakemaps.data.sampler.Sampler); None: a permutation.
+        self.sampler = sampler
         self.epoch_order: list[int] = []
         self.last_batch_size = 0
         self.interrupt: int | None = None
@@ -154,10 +162,12 @@ class Trainer(Emitter):
         )
         logs = self.split_dir.logs
         self.loss_log = TableLog(logs.training_loss_tsv, ["epoch", "batch", "loss"])
+        # With validations inside epochs, a batch column says after which batch each ran.
+        index = ["epoch", "batch"] if settings.evaluation_steps else ["epoch"]
         self.val_log = TableLog(
-            self.split_dir.validation_metrics.aggregated_tsv, ["epoch", *self.metric_names]
+            self.split_dir.validation_metrics.aggregated_tsv, [*index, *self.metric_names]
         )
-        self.details_log = TableLog(self.split_dir.validation_metrics.details_tsv, ["epoch"])
+        self.details_log = TableLog(self.split_dir.validation_metrics.details_tsv, index)
 
     # Timing ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -399,8 +409,12 @@ class Trainer(Emitter):
         resuming_mid_epoch = state.current_train_batch > 0 and self.epoch_order
         self.emit("on_epoch_start")
         if not resuming_mid_epoch:
-            self.epoch_order = self.group.order(
-                self.n_train, state.current_epoch, settings.seed, self.generator
+            self.epoch_order = (
+                self.sampler.order(state.current_epoch, self.generator)
+                if self.sampler is not None
+                else self.group.order(
+                    self.n_train, state.current_epoch, settings.seed, self.generator
+                )
             )
             state.current_train_batch = 0
         plan = self.train_batches.plan(self.epoch_order)
@@ -409,7 +423,12 @@ class Trainer(Emitter):
         self.optimizer.zero_grad(set_to_none=True)
         loop_start = time.perf_counter()
         accumulated: list[float] = []
-        batches = self.train_batches.iterate(plan[state.current_train_batch :])
+        batches = self.train_batches.iterate(
+            plan[state.current_train_batch :], state.current_epoch, state.current_train_batch
+        )
+        validate_at_end = (
+            state.current_epoch + 1
+        ) % settings.evaluation_interval == 0 or state.current_epoch + 1 == state.num_epochs
         while True:
             with self.timed("batch_loading"):
                 batch = next(batches, None)
@@ -474,6 +493,9 @@ class Trainer(Emitter):
                     grad_scaler=self.scaler,
                     loss=mean_loss,
                 )
+                if self.mid_epoch_validation_due(len(plan), validate_at_end):
+                    self.validation(mid_epoch=True)
+                    state.stage = "train"
             self.emit("on_batch_end")
             if stop is not None:
                 self.flush_logs()
@@ -488,15 +510,28 @@ class Trainer(Emitter):
         state.current_epoch += 1
         state.current_train_batch = 0
         self.epoch_order = []
-        if (
-            state.current_epoch % settings.evaluation_interval == 0
-            or state.current_epoch == state.num_epochs
-        ):
+        if validate_at_end:
             self.validation()
         self.flush_logs()
         self.emit("on_epoch_end")
 
-    def validation(self) -> dict[str, float]:
+    def mid_epoch_validation_due(self, n_batches: int, validate_at_end: bool) -> bool:
+        """Whether train.evaluation_steps asks for a validation after the batch just done.
+
+        Not after the epoch's last batch when the epoch-end validation follows.
+        """
+        steps, done = self.settings.evaluation_steps, self.state.current_train_batch
+        if not steps or done % steps:
+            return False
+        return done < n_batches or not validate_at_end
+
+    def validation(self, mid_epoch: bool = False) -> dict[str, float]:
+        """Validate; ``mid_epoch``: inside an epoch (train.evaluation_steps).
+
+        A row's ``epoch`` is the epoch (1-based) during or after which it ran;
+        with evaluation steps, ``batch`` is the (0-based) batch after which it
+        ran, as in training_loss.tsv.
+        """
         state = self.state
         state.stage = "validation"
         state.current_val_batch = 0
@@ -526,12 +561,18 @@ class Trainer(Emitter):
             details = M.details_frame(
                 self.val_data.frame, indices, labels, outputs, losses, self.val_data.classes
             )
-        details.insert(0, "epoch", state.current_epoch)
-        self.val_log.append({"epoch": state.current_epoch, **values})
+        where = {"epoch": state.current_epoch + (1 if mid_epoch else 0)}
+        if self.settings.evaluation_steps:
+            where["batch"] = (
+                state.current_train_batch if mid_epoch else state.num_train_batches
+            ) - 1
+        for position, (column, value) in enumerate(where.items()):
+            details.insert(position, column, value)
+        self.val_log.append({**where, **values})
         self.details_log.rows.extend(details.to_dict("records"))
         if self.monitor:
             self.monitor.add("validation", time.perf_counter() - start)
-        self.emit("on_validation_end", metrics=values)
+        self.emit("on_validation_end", metrics=values, mid_epoch=mid_epoch)
         self.network.train()
         return values
 
