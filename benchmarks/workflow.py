@@ -400,6 +400,83 @@ def dry_run(work: Path, config: Mapping[str, Any], target: str, timeout: float) 
     }
 
 
+# The side the dry-runs are measured against: Snakemake planning the same
+# number of trivial jobs (one output, a shell command, no input function).
+BARE_SNAKEFILE = """\
+rule all:
+    input:
+        expand("bare/{i}.txt", i=range(int(config["n_jobs"]) - 1)),
+
+
+rule make:
+    output:
+        "bare/{i}.txt",
+    shell:
+        "touch {output}"
+"""
+
+
+def bare_dry_run(work: Path, n_jobs: int, timeout: float) -> dict[str, Any]:
+    """``snakemake -n`` of ``n_jobs`` trivial jobs (all included), as :func:`dry_run` runs ours."""
+    bare = work / "bare"
+    bare.mkdir(exist_ok=True)
+    (bare / "Snakefile").write_text(BARE_SNAKEFILE)
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(bare / "Snakefile"),
+        "--directory",
+        str(bare),
+        "-n",
+        "--cores",
+        "2",
+        "--quiet",
+        "rules",
+        "--config",
+        f"n_jobs={n_jobs}",
+    ]
+    seconds, done = run_timed(command, timeout=timeout)
+    return {
+        "seconds": seconds,
+        "rc": done.returncode,
+        "timed_out": done.returncode == 124,
+        "jobs": count_jobs(done.stdout),
+        "error": (done.stderr or "")[-600:] if done.returncode not in (0, 124) else None,
+    }
+
+
+def versus_bare(work: Path, n_runs: int, row: Mapping[str, Any], log: Any) -> Result | None:
+    """Our dry-run over bare Snakemake's for the same number of jobs, right after it."""
+    n_jobs = row["jobs"]
+    if not n_jobs and row["timed_out"]:
+        # stopped before it printed its job count: 18 jobs per run, plus the 8 shared ones
+        n_jobs = 18 * n_runs + 8
+    if not n_jobs:
+        return None
+    bare = bare_dry_run(work, n_jobs, timeout=max(120.0, 4 * row["seconds"]))
+    if bare["rc"] != 0:
+        log(f"  bare snakemake dry-run of {n_jobs} jobs failed: {bare['error']!r}")
+        return None
+    # ours stopped at the timeout: no ratio (a bound from a stopped run says nothing)
+    ratio = None if row["timed_out"] else row["seconds"] / bare["seconds"]
+    ours = f">{row['seconds']:.0f} s (stopped)" if row["timed_out"] else f"{row['seconds']:.1f} s"
+    log(f"  bare snakemake, {bare['jobs']} trivial jobs: {bare['seconds']:.1f} s; ours {ours}")
+    goal = n_runs == 1000
+    return Result(
+        f"dag_vs_bare_snakemake[{n_runs} runs x 5 splits]",
+        ratio,
+        "<= 1.5" if goal else "(info)",
+        (ratio is not None and ratio <= 1.5) if goal else None,
+        "x",
+        f"ours {ours} vs bare snakemake {bare['seconds']:.1f} s for {bare['jobs']} trivial "
+        "jobs (one output, a shell command, no input function), run right after",
+        {"ours": dict(row), "bare": bare, "n_runs": n_runs},
+        load_avg(),
+    )
+
+
 def dag_benchmark(
     runs_list: Sequence[int], single_job_runs: Sequence[int], timeout: float, log: Any
 ) -> list[Result]:
@@ -445,6 +522,10 @@ def dag_benchmark(
                     load_avg(),
                 )
             )
+            if wired:
+                against = versus_bare(work, n_runs, row, log)
+                if against is not None:
+                    results.append(against)
         if wired:
             results += single_job_of_search(work, single_job_runs, 600, base, log)
     if per_1000:
