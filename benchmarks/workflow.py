@@ -386,10 +386,8 @@ def count_jobs(stdout: str) -> int | None:
     return None
 
 
-def dry_run(work: Path, config: Mapping[str, Any], target: str, timeout: float) -> dict[str, Any]:
-    config_file = work / "dag_config.yaml"
-    config_file.write_text(yaml.safe_dump(dict(config)))
-    command = snakemake_command(work, config_file, target, "-n", "--cores", "2", "--quiet", "rules")
+def timed_dry_run(command: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Seconds, exit code, timeout and job count of one ``snakemake -n``."""
     seconds, done = run_timed(command, timeout=timeout)
     return {
         "seconds": seconds,
@@ -398,6 +396,13 @@ def dry_run(work: Path, config: Mapping[str, Any], target: str, timeout: float) 
         "jobs": count_jobs(done.stdout),
         "error": (done.stderr or "")[-600:] if done.returncode not in (0, 124) else None,
     }
+
+
+def dry_run(work: Path, config: Mapping[str, Any], target: str, timeout: float) -> dict[str, Any]:
+    config_file = work / "dag_config.yaml"
+    config_file.write_text(yaml.safe_dump(dict(config)))
+    command = snakemake_command(work, config_file, target, "-n", "--cores", "2", "--quiet", "rules")
+    return timed_dry_run(command, timeout)
 
 
 # The side the dry-runs are measured against: Snakemake planning the same
@@ -437,14 +442,7 @@ def bare_dry_run(work: Path, n_jobs: int, timeout: float) -> dict[str, Any]:
         "--config",
         f"n_jobs={n_jobs}",
     ]
-    seconds, done = run_timed(command, timeout=timeout)
-    return {
-        "seconds": seconds,
-        "rc": done.returncode,
-        "timed_out": done.returncode == 124,
-        "jobs": count_jobs(done.stdout),
-        "error": (done.stderr or "")[-600:] if done.returncode not in (0, 124) else None,
-    }
+    return timed_dry_run(command, timeout)
 
 
 def versus_bare(work: Path, n_runs: int, row: Mapping[str, Any], log: Any) -> Result | None:

@@ -133,17 +133,20 @@ class Run:
         return [r["slurm_job_id"] for r in sorted(records, key=lambda r: r["timestamp"])]
 
 
-@pytest.fixture(scope="module")
-def run(slurm_cluster, tmp_path_factory) -> Run:  # noqa: F811
-    workdir = tmp_path_factory.mktemp("slurm_demo")
-    (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+def slurm_env() -> dict[str, str]:
+    """The environment of a snakemake run under profiles/slurm on the test cluster."""
     env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
     env["SNAKEMAPS_SLURM_PARTITION"] = PARTITION
-    command = [
+    return env
+
+
+def slurm_command(workdir: Path, *args: str) -> list[str]:
+    """snakemake under profiles/slurm in ``workdir`` with its config.yaml; ``args`` first."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
-        *MAPS_TARGETS,  # the MAPS only: the report's figures would be 6 more SLURM jobs
+        *args,
         "--profile",
         "profiles/slurm",
         "--directory",
@@ -151,6 +154,17 @@ def run(slurm_cluster, tmp_path_factory) -> Run:  # noqa: F811
         "--configfile",
         "config/config.yaml",
         str(workdir / "config.yaml"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(slurm_cluster, tmp_path_factory) -> Run:  # noqa: F811
+    workdir = tmp_path_factory.mktemp("slurm_demo")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    env = slurm_env()
+    # the MAPS only: the report's figures would be 6 more SLURM jobs
+    command = [
+        *slurm_command(workdir, *MAPS_TARGETS),
         *_profile_overrides(runtime={"train": TRAIN_RUNTIME}),
     ]
     process = subprocess.Popen(
@@ -263,22 +277,11 @@ def two_tasks(run, tmp_path_factory) -> tuple[Path, str]:
         "train": {**CONFIG["train"], "epochs": 3, "distributed": {"processes": 2}},
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
-    env["SNAKEMAPS_SLURM_PARTITION"] = PARTITION
+    env = slurm_env()
     command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "results/maps/training/split-0/models/final/model.pt",
-        "--forcerun",
-        "train",
-        "--profile",
-        "profiles/slurm",
-        "--directory",
-        str(workdir),
-        "--configfile",
-        "config/config.yaml",
-        str(workdir / "config.yaml"),
+        *slurm_command(
+            workdir, "results/maps/training/split-0/models/final/model.pt", "--forcerun", "train"
+        ),
         *_profile_overrides(extra={"train": {"tasks": 2, "mpi": "'srun'"}}),
     ]
     result = subprocess.run(
@@ -341,22 +344,8 @@ def killed(run, tmp_path_factory) -> Killed:
     workdir = tmp_path_factory.mktemp("slurm_killed")
     shutil.copytree(run.workdir, workdir, symlinks=True, dirs_exist_ok=True)
     (workdir / "config.yaml").write_text(yaml.safe_dump(KILLED_CONFIG))
-    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
-    env["SNAKEMAPS_SLURM_PARTITION"] = PARTITION
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        *KILLED_TARGETS,
-        "--profile",
-        "profiles/slurm",
-        "--directory",
-        str(workdir),
-        "--configfile",
-        "config/config.yaml",
-        str(workdir / "config.yaml"),
-        *_profile_overrides(),
-    ]
+    env = slurm_env()
+    command = [*slurm_command(workdir, *KILLED_TARGETS), *_profile_overrides()]
     tmp = workdir / KILLED_MAPS / "training/split-0/tmp"
     train_log = workdir / f"logs/{KILLED_MAPS}/train_split-0.log"
     first_out = workdir / "first.out"
