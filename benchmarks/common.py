@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import os
 import platform
 import re
@@ -210,11 +211,51 @@ def children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def local_snakemake_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a snakemake run that does not use SLURM.
+
+    When snakemake starts, the SLURM executor plugin (the ``slurm`` extra) runs
+    ``scontrol show config`` to word its help text. Where a ``slurm.conf``
+    exists but no controller answers (the test cluster of tests/slurm/up.sh
+    installed, then stopped), scontrol retries for about 9 s on every start of
+    snakemake. A run that does not use SLURM then gets ``SLURM_CONF`` pointing
+    at a copy of that configuration with ``MessageTimeout=1``, so the call
+    fails at once. Where the controller answers, or SLURM is not installed,
+    nothing changes.
+    """
+    env = dict(os.environ if env is None else env)
+    conf = Path(env.get("SLURM_CONF", "/etc/slurm/slurm.conf"))
+    if shutil.which("scontrol") is None or not conf.is_file():
+        return env
+    try:
+        ping = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=5, env=env, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return env
+    if "DOWN" in ping.stdout:
+        env["SLURM_CONF"] = str(_fail_fast_slurm_conf(str(conf)))
+    return env
+
+
+@functools.cache
+def _fail_fast_slurm_conf(conf: str) -> Path:
+    lines = [
+        line
+        for line in Path(conf).read_text().splitlines()
+        if not line.strip().lower().startswith("messagetimeout")
+    ]
+    folder = Path(tempfile.mkdtemp(prefix="snakemaps-slurm-conf-"))
+    path = folder / "slurm.conf"
+    path.write_text("\n".join([*lines, "MessageTimeout=1", ""]))
+    return path
+
+
 def run_timed(
     command: Sequence[str], timeout: float = 1800, cwd: Path | None = None
 ) -> tuple[float, subprocess.CompletedProcess]:
     """Wall seconds and the finished process; ``done.cpu_s`` is the CPU time of its tree."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**local_snakemake_env(), "PYTHONUNBUFFERED": "1"}
     cpu = children_cpu()
     start = time.perf_counter()
     try:

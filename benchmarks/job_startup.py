@@ -3,8 +3,10 @@
 ``python benchmarks/job_startup.py MAPS_DIR TRAIN.json`` replays what the
 train rule's adapter does (import the package, then ``train_split``) and
 prints, as JSON, seconds per phase: the adapter's imports, torch, the
-metrics module (scikit-learn), the first optimizer (which imports
-torch._dynamo) and the rest of ``train_split`` until ``Trainer.fit`` starts.
+metrics module (pandas; scikit-learn itself is imported at the first
+validation, after the first epoch has started), the first optimizer (which
+imports torch._dynamo) and the rest of ``train_split`` until ``Trainer.fit``
+starts.
 Each phase is timed on its own by importing its heavy module first.
 """
 

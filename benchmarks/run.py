@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import augmentation, distributed, slurm, training, workflow
+from benchmarks import augmentation, dag, distributed, slurm, training, workflow
 from benchmarks.common import (
     Result,
     fmt,
@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "dag" in args.only:
             log("snakemake -n for random searches")
-            results += workflow.dag_benchmark(
+            results += dag.dag_benchmark(
                 plan["dag_runs"], plan["dag_single_job_runs"], plan["dag_timeout"], log
             )
         if "slurm" in args.only:

@@ -448,12 +448,13 @@ def trainer_benchmarks(
             load_avg(),
         )
     )
-    results.append(job_startup(work, train, log))
+    results += job_startup(work, train, log)
     return results
 
 
-def job_startup(work: Path, train: Mapping[str, Any], log: Any) -> Result:
-    """A fresh process replaying the train adapter up to the first epoch, phase by phase."""
+def job_startup(work: Path, train: Mapping[str, Any], log: Any) -> list[Result]:
+    """A fresh process replaying the train adapter up to the first epoch, phase by phase,
+    and a fresh ``import torch`` right before it (the floor: the same caches, the same load)."""
     import json
     import subprocess
     import sys
@@ -461,6 +462,9 @@ def job_startup(work: Path, train: Mapping[str, Any], log: Any) -> Result:
     path = work / "train.json"
     path.write_text(json.dumps(dict(train)))
     script = Path(__file__).with_name("job_startup.py")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    torch_wall = time.perf_counter() - start
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, str(script), str(work / "maps"), str(path)],
@@ -476,19 +480,40 @@ def job_startup(work: Path, train: Mapping[str, Any], log: Any) -> Result:
     shown = ", ".join(
         f"{k.removesuffix('_s')} {v:.2f}" for k, v in phases.items() if k.endswith("_s")
     )
-    log(f"  train job start-up: {shown} [load {load_avg()}]")
-    return Result(
-        "startup_train_job_to_first_epoch",
-        wall,
-        "(info)",
+    log(f"  train job start-up: {shown}; import torch alone {torch_wall:.2f} s [load {load_avg()}]")
+    phases["import_torch_alone_s"] = torch_wall
+    versus = Result(
+        "startup_train_job_vs_import_torch",
+        phases["total_s"] / phases["import_torch_s"],
+        "(info; floor 1)",
         None,
-        "s",
-        "fresh process: torch {import_torch_s:.1f} + sklearn {import_metrics_sklearn_s:.1f} + "
-        "first optimizer/dynamo {first_optimizer_dynamo_s:.1f} + train_split setup "
-        "{train_split_setup_s:.1f} s".format(**phases),
+        "x",
+        "inside one fresh process, from its first line to Trainer.fit {total_s:.2f} s vs its "
+        "import torch {import_torch_s:.2f} s; the rest: torch._dynamo, imported by the first "
+        "optimizer {first_optimizer_dynamo_s:.2f} s, the package "
+        "{adapter_imports_s:.2f} + {import_metrics_sklearn_s:.2f} + {import_trainer_s:.2f} s, "
+        "the data and network {train_split_setup_s:.2f} s. A separate `python -c 'import "
+        "torch'` (start and exit included) took {torch_wall:.2f} s".format(
+            torch_wall=torch_wall, **phases
+        ),
         phases,
         load_avg(),
     )
+    return [
+        Result(
+            "startup_train_job_to_first_epoch",
+            wall,
+            "(info)",
+            None,
+            "s",
+            "fresh process: torch {import_torch_s:.1f} + metrics/pandas {import_metrics_sklearn_s:.1f} + "
+            "first optimizer/dynamo {first_optimizer_dynamo_s:.1f} + train_split setup "
+            "{train_split_setup_s:.1f} s".format(**phases),
+            phases,
+            load_avg(),
+        ),
+        versus,
+    ]
 
 
 def gpu_benchmark(work: Path, cohort: Mapping[str, Path], steps: int, log: Any) -> Result:

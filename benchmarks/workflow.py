@@ -1,4 +1,4 @@
-"""Benchmarks that run real snakemake: workflow vs one process, resume, DAG, start-up costs."""
+"""Benchmarks that run real snakemake: workflow vs one process, resume, start-up costs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,6 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from .common import (
     ROOT,
@@ -373,125 +371,3 @@ def resume_overhead(
             load_avg(),
         ),
     ]
-
-
-# ---------------------------------------------------------------------- DAG
-
-
-def count_jobs(stdout: str) -> int | None:
-    for line in stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == "total" and parts[1].isdigit():
-            return int(parts[1])
-    return None
-
-
-def dry_run(work: Path, config: Mapping[str, Any], target: str, timeout: float) -> dict[str, Any]:
-    config_file = work / "dag_config.yaml"
-    config_file.write_text(yaml.safe_dump(dict(config)))
-    command = snakemake_command(work, config_file, target, "-n", "--cores", "2", "--quiet", "rules")
-    seconds, done = run_timed(command, timeout=timeout)
-    return {
-        "seconds": seconds,
-        "rc": done.returncode,
-        "timed_out": done.returncode == 124,
-        "jobs": count_jobs(done.stdout),
-        "error": (done.stderr or "")[-600:] if done.returncode not in (0, 124) else None,
-    }
-
-
-def dag_benchmark(
-    runs_list: Sequence[int], single_job_runs: Sequence[int], timeout: float, log: Any
-) -> list[Result]:
-    """``snakemake -n`` seconds for random searches of N runs x 5 splits."""
-    results = []
-    with temp_dir("dag") as work:
-        base = dry_run(work, {"split": {"n_splits": 5}}, "all", timeout=600)
-        log(
-            f"  baseline dry-run (one 5-split experiment, {base['jobs']} jobs): "
-            f"{base['seconds']:.1f} s"
-        )
-        wired = True
-        per_1000 = []
-        for n_runs in runs_list:
-            row = None
-            if wired:
-                config = {"random_search": {"n_runs": n_runs}, "split": {"n_splits": 5}}
-                row = dry_run(work, config, "random_search", timeout)
-                if row["rc"] not in (0, 124) or (row["rc"] == 0 and not row["jobs"]):
-                    wired = False
-                    log(f"  random search dry-run fails: {(row['error'] or '')[-300:]!r}")
-            if not wired:
-                row = dry_run(work, {"split": {"n_splits": 5 * n_runs}}, "all", timeout)
-            mode = "random_search" if wired else "FALLBACK main experiment, n_splits = runs x 5"
-            shown = f">{timeout:.0f} s (stopped)" if row["timed_out"] else f"{row['seconds']:.1f} s"
-            log(f"  {n_runs} runs x 5 splits: {row['jobs']} jobs, {shown} [load {load_avg()}]")
-            if row["rc"] not in (0, 124):
-                raise RuntimeError(f"dry-run of {n_runs} runs failed: {row['error']}")
-            if row["jobs"]:
-                per_1000.append(1000 * row["seconds"] / row["jobs"])
-            goal = n_runs == 1000
-            results.append(
-                Result(
-                    f"dag_dry_run[{n_runs} runs x 5 splits]",
-                    row["seconds"],
-                    "< 10" if goal else "(info)",
-                    (not row["timed_out"] and row["seconds"] < 10) if goal else None,
-                    "s",
-                    (f"{row['jobs']} jobs; " if row["jobs"] else "")
-                    + (f"stopped after {timeout:.0f} s; " if row["timed_out"] else "")
-                    + mode,
-                    {**row, "n_runs": n_runs, "mode": mode, "baseline": base},
-                    load_avg(),
-                )
-            )
-        if wired:
-            results += single_job_of_search(work, single_job_runs, 600, base, log)
-    if per_1000:
-        results.insert(
-            0,
-            Result(
-                "dag_seconds_per_1000_jobs",
-                per_1000[-1],
-                "(info)",
-                None,
-                "s",
-                f"snakemake -n seconds per 1000 jobs (largest completed search); one 5-split "
-                f"experiment ({base['jobs']} jobs): {base['seconds']:.1f} s",
-                {"per_1000": per_1000, "baseline": base},
-                load_avg(),
-            ),
-        )
-    return results
-
-
-def single_job_of_search(
-    work: Path, runs_list: Sequence[int], timeout: float, base: Mapping[str, Any], log: Any
-) -> list[Result]:
-    """``snakemake -n`` of ONE train job of an N-run search: what every cluster job re-parses."""
-    results = []
-    for n_runs in runs_list:
-        config = {"random_search": {"n_runs": n_runs}, "split": {"n_splits": 5}}
-        target = "results/random_search/job-0/maps/training/split-0/models/final/model.pt"
-        row = dry_run(work, config, target, timeout)
-        if row["rc"] not in (0, 124):
-            log(f"  single job of a {n_runs}-run search: dry-run failed {row['error']!r}")
-            continue
-        extra = row["seconds"] - base["seconds"]
-        shown = f">{timeout:.0f} s (stopped)" if row["timed_out"] else f"{row['seconds']:.1f} s"
-        log(f"  one train job of a {n_runs}-run search: {row['jobs']} jobs, {shown}")
-        results.append(
-            Result(
-                f"dag_one_job_of_search[{n_runs} runs]",
-                row["seconds"],
-                "(info)",
-                None,
-                "s",
-                f"snakemake -n of job-0 split-0 alone ({row['jobs']} jobs): {extra:+.1f} s over a "
-                f"plain experiment's whole dry-run; a cluster job re-parses the Snakefile and "
-                f"pays this before it starts",
-                {**row, "n_runs": n_runs, "baseline": base},
-                load_avg(),
-            )
-        )
-    return results

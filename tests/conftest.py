@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,8 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.append(str(ROOT))  # benchmarks.common: helpers shared with the benchmarks
+
+from benchmarks.common import local_snakemake_env
 
 # A tiny demo: small volumes, few participants, 2 folds, 3 epochs.
 TINY = {
@@ -68,7 +69,7 @@ def run_snakemake(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**local_snakemake_env(), "PYTHONUNBUFFERED": "1"},
         check=False,
     )
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import yaml
-from conftest import ROOT
+from conftest import ROOT, local_snakemake_env
 from snakemaps import configdoc
 
 README = (ROOT / "README.md").read_text()
@@ -54,7 +54,9 @@ def test_demo_config_validates_and_every_key_is_known():
 
 
 def run(*command: str) -> subprocess.CompletedProcess:
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    return subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, env=local_snakemake_env(), check=False
+    )
 
 
 def test_ruff_is_clean():

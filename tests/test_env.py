@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, local_snakemake_env
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
@@ -268,7 +268,14 @@ def snakemake_env_rule(workflow: Path, workdir: Path, *args: str) -> subprocess.
         *args,
         "results/maps/env/environment.txt",
     ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=local_snakemake_env(),
+        check=False,
+    )
 
 
 @pytest.mark.workflow

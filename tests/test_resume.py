@@ -20,7 +20,7 @@ import pytest
 import torch
 from conftest import TINY, job_counts, run_snakemake, snakemake_command
 
-from benchmarks.common import job_pids
+from benchmarks.common import job_pids, local_snakemake_env
 
 pytestmark = pytest.mark.workflow
 
@@ -96,7 +96,11 @@ def start_and_wait_for(workdir: Path, checkpoint: str) -> subprocess.Popen:
     """Start training split-0 and return once tmp/<checkpoint> exists."""
     tmp = workdir / "results/maps/training/split-0/tmp"
     process = subprocess.Popen(
-        command(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        command(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=local_snakemake_env(),
     )
     deadline = time.monotonic() + 300
     while not (tmp / checkpoint).exists():
@@ -181,6 +185,7 @@ def test_killed_training_job_then_killed_snakemake_resume_bit_identical(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=local_snakemake_env(),
         )
     deadline = time.monotonic() + 300
     while (
@@ -254,7 +259,10 @@ def test_rerun_after_snakemake_alone_was_killed_waits_for_the_orphaned_training(
         rerun_out = tmp_path / "rerun.out"
         with rerun_out.open("w") as out:
             second = subprocess.Popen(
-                command(broken, "--rerun-incomplete"), stdout=out, stderr=subprocess.STDOUT
+                command(broken, "--rerun-incomplete"),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=local_snakemake_env(),
             )
         deadline = time.monotonic() + 120
         # The rerun's Snakemake removes the old log first (the orphan writes on unlinked).

@@ -17,6 +17,12 @@ wall time on top of the scancel run.
 Then split-0 is trained once more in a copy of that run as one 2-task SLURM
 job (``train.distributed.processes: 2``, set-resources ``tasks: 2`` and
 ``mpi``): the train job starts one gloo rank per task with ``srun``.
+
+Last, in another copy (its prepared cohort reused, a new one-split MAPS),
+Snakemake itself is SIGKILLed while its train job runs; the SLURM job goes on
+without it. The same command, rerun at once (after ``--unlock``), submits the
+split's training again: that job waits for the orphan, finds the split
+finished and trains nothing, and the MAPS ends complete with consistent logs.
 """
 
 from __future__ import annotations
@@ -127,17 +133,20 @@ class Run:
         return [r["slurm_job_id"] for r in sorted(records, key=lambda r: r["timestamp"])]
 
 
-@pytest.fixture(scope="module")
-def run(slurm_cluster, tmp_path_factory) -> Run:  # noqa: F811
-    workdir = tmp_path_factory.mktemp("slurm_demo")
-    (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+def slurm_env() -> dict[str, str]:
+    """The environment of a snakemake run under profiles/slurm on the test cluster."""
     env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
     env["SNAKEMAPS_SLURM_PARTITION"] = PARTITION
-    command = [
+    return env
+
+
+def slurm_command(workdir: Path, *args: str) -> list[str]:
+    """snakemake under profiles/slurm in ``workdir`` with its config.yaml; ``args`` first."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
-        *MAPS_TARGETS,  # the MAPS only: the report's figures would be 6 more SLURM jobs
+        *args,
         "--profile",
         "profiles/slurm",
         "--directory",
@@ -145,6 +154,17 @@ def run(slurm_cluster, tmp_path_factory) -> Run:  # noqa: F811
         "--configfile",
         "config/config.yaml",
         str(workdir / "config.yaml"),
+    ]
+
+
+@pytest.fixture(scope="module")
+def run(slurm_cluster, tmp_path_factory) -> Run:  # noqa: F811
+    workdir = tmp_path_factory.mktemp("slurm_demo")
+    (workdir / "config.yaml").write_text(yaml.safe_dump(CONFIG))
+    env = slurm_env()
+    # the MAPS only: the report's figures would be 6 more SLURM jobs
+    command = [
+        *slurm_command(workdir, *MAPS_TARGETS),
         *_profile_overrides(runtime={"train": TRAIN_RUNTIME}),
     ]
     process = subprocess.Popen(
@@ -257,22 +277,11 @@ def two_tasks(run, tmp_path_factory) -> tuple[Path, str]:
         "train": {**CONFIG["train"], "epochs": 3, "distributed": {"processes": 2}},
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
-    env["SNAKEMAPS_SLURM_PARTITION"] = PARTITION
+    env = slurm_env()
     command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "results/maps/training/split-0/models/final/model.pt",
-        "--forcerun",
-        "train",
-        "--profile",
-        "profiles/slurm",
-        "--directory",
-        str(workdir),
-        "--configfile",
-        "config/config.yaml",
-        str(workdir / "config.yaml"),
+        *slurm_command(
+            workdir, "results/maps/training/split-0/models/final/model.pt", "--forcerun", "train"
+        ),
         *_profile_overrides(extra={"train": {"tasks": 2, "mpi": "'srun'"}}),
     ]
     result = subprocess.run(
@@ -305,3 +314,117 @@ def test_two_task_job_trains_one_split_with_a_rank_per_task(two_tasks):
     assert split.models.final.model_pt.is_file()
     aggregated = maps.open_file(split.validation_metrics.aggregated_tsv)
     assert list(aggregated["epoch"]) == [1, 2, 3]
+
+
+KILLED_MAPS = "results/maps-killed"
+KILLED_CONFIG = {**CONFIG, "maps_dir": KILLED_MAPS, "split": {"n_splits": 1}}
+# The MAPS of one split without test groups: its only SLURM jobs are the two trainings.
+KILLED_TARGETS = [
+    target.replace("results/maps/", f"{KILLED_MAPS}/")
+    for target in MAPS_TARGETS
+    if "split-1" not in target and "/test/" not in target
+]
+
+
+@dataclass
+class Killed:
+    """A run whose Snakemake was SIGKILLed while its train job ran, and its rerun."""
+
+    workdir: Path
+    orphan: str  # SLURM job id of the train job left running by the killed Snakemake
+    waiting_log: str  # the rerun's train log while it waited for the orphan
+    output: str  # the rerun's snakemake output
+
+    def maps(self):
+        return Maps(self.workdir / KILLED_MAPS).read(strict=True)
+
+
+@pytest.fixture(scope="module")
+def killed(run, tmp_path_factory) -> Killed:
+    workdir = tmp_path_factory.mktemp("slurm_killed")
+    shutil.copytree(run.workdir, workdir, symlinks=True, dirs_exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(KILLED_CONFIG))
+    env = slurm_env()
+    command = [*slurm_command(workdir, *KILLED_TARGETS), *_profile_overrides()]
+    tmp = workdir / KILLED_MAPS / "training/split-0/tmp"
+    train_log = workdir / f"logs/{KILLED_MAPS}/train_split-0.log"
+    first_out = workdir / "first.out"
+    with first_out.open("w") as out:
+        first = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    pids: list[int] = []
+    try:
+        deadline = time.monotonic() + 300
+        orphan = None
+        while orphan is None:
+            assert first.poll() is None, first_out.read_text()[-5000:]
+            assert time.monotonic() < deadline, "no checkpoint of split-0 in time"
+            owner = tmp / "owner.json"
+            if list(tmp.glob("epoch-*")) and owner.exists():
+                orphan = yaml.safe_load(owner.read_text())["slurm_job_id"]
+            time.sleep(0.2)
+        pids = training_pids(orphan)
+        assert pids, f"no train.py in SLURM job {orphan}"
+        for pid in pids:  # held still, so that the rerun finds it training
+            os.kill(pid, signal.SIGSTOP)
+        first.kill()  # Snakemake alone: its SLURM job goes on
+        first.wait(timeout=30)
+        assert _scontrol_job(orphan).get("JobState") == "RUNNING"
+        unlock = subprocess.run(
+            [*command, "--unlock"], cwd=ROOT, env=env, capture_output=True, text=True, check=False
+        )
+        assert unlock.returncode == 0, unlock.stderr[-3000:]
+        rerun = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        deadline = time.monotonic() + 300
+        waiting = ""
+        while f"is being trained by SLURM job {orphan}" not in waiting:
+            assert rerun.poll() is None, rerun.stdout.read()[-5000:]
+            assert time.monotonic() < deadline, f"the rerun's job did not wait:\n{waiting}"
+            waiting = train_log.read_text() if train_log.exists() else ""
+            time.sleep(0.2)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        if first.poll() is None:
+            first.kill()
+    try:
+        output = rerun.communicate(timeout=600)[0]
+    finally:
+        if rerun.poll() is None:
+            rerun.terminate()
+            rerun.wait(timeout=120)
+    assert rerun.returncode == 0, output[-8000:]
+    return Killed(workdir, orphan, waiting, output)
+
+
+def test_rerun_after_snakemake_was_killed_waits_for_its_orphaned_slurm_job(killed):
+    split = killed.maps().split(0)  # strict: every file the MAPS format requires
+    # the rerun's job waited for the orphan, named it, and trained nothing itself
+    assert "waiting for it to end before touching its checkpoints or logs" in killed.waiting_log
+    log = (killed.workdir / f"logs/{KILLED_MAPS}/train_split-0.log").read_text()
+    assert "was finished by the job this one waited for: nothing left to train" in log, log
+    assert "resuming from checkpoint" not in log and "taking over" not in log, log
+    job = _scontrol_job(killed.orphan)
+    assert job.get("JobState") == "COMPLETED", job
+    orphan_log = (
+        killed.workdir
+        / f".snakemake/slurm_logs/rule_train/{KILLED_MAPS.replace('/', '_')}_0"
+        / f"{killed.orphan}.log"
+    )
+    if orphan_log.exists():  # the plugin keeps it (slurm-keep-successful-logs)
+        assert "resuming from checkpoint" not in orphan_log.read_text()
+    # every log of the split has each epoch (and batch) once: nobody wrote it twice
+    epochs = list(range(1, CONFIG["train"]["epochs"] + 1))
+    for table in (split.validation_metrics.aggregated_tsv, split.logs.computational_tsv):
+        frame = Maps(killed.workdir / KILLED_MAPS).open_file(table)
+        assert list(frame["epoch"]) == epochs, (table, frame)
+    batches = Maps(killed.workdir / KILLED_MAPS).open_file(split.logs.training_loss_tsv)
+    keys = list(zip(batches["epoch"], batches["batch"]))
+    assert len(keys) == len(set(keys)) and sorted(keys) == keys, keys
+    assert sorted({epoch for epoch, _ in keys}) == epochs, keys
+    assert list((killed.workdir / KILLED_MAPS / "training/split-0/tmp").iterdir()) == []
+    for target in KILLED_TARGETS:
+        assert (killed.workdir / target).is_file(), target

@@ -17,7 +17,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY, planned_jobs, run_snakemake, snakemake_command
+from conftest import (
+    ROOT,
+    TINY,
+    local_snakemake_env,
+    planned_jobs,
+    run_snakemake,
+    snakemake_command,
+)
 from snakemaps.maps import Maps
 
 pytestmark = pytest.mark.workflow
@@ -337,7 +344,13 @@ def test_killed_rank_resumes_bit_identical_to_the_unbroken_two_rank_run(demo, tm
     target = "results/maps/training/split-0/models/final/model.pt"
     tmp = broken / "results/maps/training/split-0/tmp"
     command = snakemake_command(broken, target, "--forcerun", "train", config=DEMO)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=local_snakemake_env(),
+    )
     deadline, pids = time.monotonic() + 300, []
     while len(pids) < 2 or not list(tmp.glob("epoch-*")):
         assert process.poll() is None, process.stdout.read()[-3000:]
