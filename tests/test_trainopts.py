@@ -94,7 +94,7 @@ def test_train_option_combinations_refused():
     check_train_options({"evaluation_steps": 4, "accumulation_steps": 2}, "regression")
 
 
-@pytest.mark.parametrize("shape", [(3, 1, 12, 14, 10), (3, 1, 20, 18)])
+@pytest.mark.parametrize("shape", [(2, 1, 10, 12, 8), (2, 1, 14, 12)])
 def test_augmentation_is_deterministic_and_leaves_global_random_state(shape):
     images = torch.randn(shape)
     augment = Augmentation(list(TRANSFORMS), seed=4)
@@ -105,15 +105,15 @@ def test_augmentation_is_deterministic_and_leaves_global_random_state(shape):
     torch.manual_seed(1)
     random.seed(1)
     np.random.seed(1)
-    first = augment(images, 2, [0, 1, 2])
+    first = augment(images, 2, [0, 1])
     assert (torch.rand(1), random.random(), np.random.rand()) == before
     assert first.shape == images.shape and first.dtype == images.dtype
-    assert torch.equal(first, augment(images, 2, [0, 1, 2]))
+    assert torch.equal(first, augment(images, 2, [0, 1]))
     assert not torch.equal(first, images)
-    assert not torch.equal(first[0], augment(images, 3, [0, 1, 2])[0])  # another epoch
+    assert not torch.equal(first[0], augment(images, 3, [0, 1])[0])  # another epoch
     # A sample's draw depends on its place, not on the batch it comes in.
-    assert torch.equal(first[2], augment(images[2:], 2, [2])[0])
-    assert not torch.equal(Augmentation(["Noise"], seed=5)(images, 2, [0, 1, 2]), first)
+    assert torch.equal(first[1], augment(images[1:], 2, [1])[0])
+    assert not torch.equal(Augmentation(["Noise"], seed=5)(images, 2, [0, 1]), first)
 
 
 class Images(torch.utils.data.Dataset):
