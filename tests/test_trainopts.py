@@ -74,12 +74,24 @@ def test_unknown_augmentation_names_the_known_ones():
     assert describe(["Motion"])[0]["class"] == "torchio.RandomMotion"
 
 
-def test_unknown_augmentation_in_the_config_stops_before_any_job(tmp_path):
-    result = run_snakemake(tmp_path, "-n", config={"train": {"data_augmentation": ["Flip"]}})
+@pytest.mark.parametrize(
+    "train, fragments",
+    [
+        (
+            {"data_augmentation": ["Flip"]},
+            ["data_augmentation", "'Flip' is not one of", "RandomSwap"],
+        ),
+        (
+            {"evaluation_steps": 3, "accumulation_steps": 2},
+            ["train.evaluation_steps = 3 is not a multiple of train.accumulation_steps = 2"],
+        ),
+    ],
+)
+def test_bad_training_options_in_the_config_stop_before_any_job(tmp_path, train, fragments):
+    result = run_snakemake(tmp_path, "-n", config={"train": train})
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "data_augmentation" in output and "'Flip' is not one of" in output
-    assert "RandomSwap" in output
+    assert all(fragment in output for fragment in fragments), output[-2000:]
     assert not (tmp_path / "results").exists()
 
 
