@@ -15,7 +15,11 @@ from snakemaps.errors import UserError
 from snakemaps.search.sampling import sample_options, to_config_overrides
 from snakemaps.train.distributed import SINGLE
 from snakemaps.train.evaluation import Batches
-from snakemaps.train.options import check_evaluation_steps, check_train_options
+from snakemaps.train.options import (
+    check_evaluation_steps,
+    check_train_options,
+    mid_epoch_validation,
+)
 
 
 # ClinicaDL 1.6.1's weights, as its generate_sampler computes them (task_manager/*.py).
@@ -104,6 +108,14 @@ def test_train_option_combinations_refused():
         check_evaluation_steps(5, 4, 1)
     check_evaluation_steps(4, 4, 2)  # validates the last batch of epochs not validated at the end
     check_train_options({"evaluation_steps": 4, "accumulation_steps": 2}, "regression")
+
+
+def test_mid_epoch_validations_follow_clinicadls_rule():
+    due = [d for d in range(1, 8) if mid_epoch_validation(3, d, 7, validate_at_end=True)]
+    assert due == [3, 6]
+    assert not mid_epoch_validation(0, 3, 7, True)
+    assert not mid_epoch_validation(7, 7, 7, True)  # the epoch-end validation runs there
+    assert mid_epoch_validation(7, 7, 7, False)  # an epoch evaluation_interval skips
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 10, 12, 8), (2, 1, 14, 12)])
