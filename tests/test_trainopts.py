@@ -15,7 +15,11 @@ from snakemaps.errors import UserError
 from snakemaps.search.sampling import sample_options, to_config_overrides
 from snakemaps.train.distributed import SINGLE
 from snakemaps.train.evaluation import Batches
-from snakemaps.train.options import check_evaluation_steps, check_train_options
+from snakemaps.train.options import (
+    check_evaluation_steps,
+    check_train_options,
+    mid_epoch_validation,
+)
 
 
 # ClinicaDL 1.6.1's weights, as its generate_sampler computes them (task_manager/*.py).
@@ -74,12 +78,24 @@ def test_unknown_augmentation_names_the_known_ones():
     assert describe(["Motion"])[0]["class"] == "torchio.RandomMotion"
 
 
-def test_unknown_augmentation_in_the_config_stops_before_any_job(tmp_path):
-    result = run_snakemake(tmp_path, "-n", config={"train": {"data_augmentation": ["Flip"]}})
+@pytest.mark.parametrize(
+    "train, fragments",
+    [
+        (
+            {"data_augmentation": ["Flip"]},
+            ["data_augmentation", "'Flip' is not one of", "RandomSwap"],
+        ),
+        (
+            {"evaluation_steps": 3, "accumulation_steps": 2},
+            ["train.evaluation_steps = 3 is not a multiple of train.accumulation_steps = 2"],
+        ),
+    ],
+)
+def test_bad_training_options_in_the_config_stop_before_any_job(tmp_path, train, fragments):
+    result = run_snakemake(tmp_path, "-n", config={"train": train})
     assert result.returncode != 0
     output = result.stdout + result.stderr
-    assert "data_augmentation" in output and "'Flip' is not one of" in output
-    assert "RandomSwap" in output
+    assert all(fragment in output for fragment in fragments), output[-2000:]
     assert not (tmp_path / "results").exists()
 
 
@@ -94,7 +110,15 @@ def test_train_option_combinations_refused():
     check_train_options({"evaluation_steps": 4, "accumulation_steps": 2}, "regression")
 
 
-@pytest.mark.parametrize("shape", [(3, 1, 12, 14, 10), (3, 1, 20, 18)])
+def test_mid_epoch_validations_follow_clinicadls_rule():
+    due = [d for d in range(1, 8) if mid_epoch_validation(3, d, 7, validate_at_end=True)]
+    assert due == [3, 6]
+    assert not mid_epoch_validation(0, 3, 7, True)
+    assert not mid_epoch_validation(7, 7, 7, True)  # the epoch-end validation runs there
+    assert mid_epoch_validation(7, 7, 7, False)  # an epoch evaluation_interval skips
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 10, 12, 8), (2, 1, 14, 12)])
 def test_augmentation_is_deterministic_and_leaves_global_random_state(shape):
     images = torch.randn(shape)
     augment = Augmentation(list(TRANSFORMS), seed=4)
@@ -105,15 +129,15 @@ def test_augmentation_is_deterministic_and_leaves_global_random_state(shape):
     torch.manual_seed(1)
     random.seed(1)
     np.random.seed(1)
-    first = augment(images, 2, [0, 1, 2])
+    first = augment(images, 2, [0, 1])
     assert (torch.rand(1), random.random(), np.random.rand()) == before
     assert first.shape == images.shape and first.dtype == images.dtype
-    assert torch.equal(first, augment(images, 2, [0, 1, 2]))
+    assert torch.equal(first, augment(images, 2, [0, 1]))
     assert not torch.equal(first, images)
-    assert not torch.equal(first[0], augment(images, 3, [0, 1, 2])[0])  # another epoch
+    assert not torch.equal(first[0], augment(images, 3, [0, 1])[0])  # another epoch
     # A sample's draw depends on its place, not on the batch it comes in.
-    assert torch.equal(first[2], augment(images[2:], 2, [2])[0])
-    assert not torch.equal(Augmentation(["Noise"], seed=5)(images, 2, [0, 1, 2]), first)
+    assert torch.equal(first[1], augment(images[1:], 2, [1])[0])
+    assert not torch.equal(Augmentation(["Noise"], seed=5)(images, 2, [0, 1]), first)
 
 
 class Images(torch.utils.data.Dataset):

@@ -42,3 +42,15 @@ def check_evaluation_steps(steps: int, n_batches: int, interval: int, where: str
             f"batch(es) of train.batch_size, and the epoch's end is validated anyway. Use a "
             f"value below {n_batches}, or 0 to validate at epoch ends only"
         )
+
+
+def mid_epoch_validation(steps: int, done: int, n_batches: int, validate_at_end: bool) -> bool:
+    """Whether evaluation_steps asks for a validation after ``done`` batches of an epoch.
+
+    ClinicaDL's rule, (i + 1) % steps == 0 after batch i, checked where an
+    optimizer step ended; not after the epoch's last batch when the epoch-end
+    validation follows.
+    """
+    if not steps or done % steps:
+        return False
+    return done < n_batches or not validate_at_end

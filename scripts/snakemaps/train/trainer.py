@@ -49,6 +49,7 @@ from .evaluation import (
     predict,
     recalibrate_batchnorm,
 )
+from .options import mid_epoch_validation
 from .runtime import (
     TrainerState,
     amp_dtype,
@@ -493,7 +494,9 @@ class Trainer(Emitter):
                     grad_scaler=self.scaler,
                     loss=mean_loss,
                 )
-                if self.mid_epoch_validation_due(len(plan), validate_at_end):
+                if mid_epoch_validation(
+                    settings.evaluation_steps, state.current_train_batch, len(plan), validate_at_end
+                ):
                     self.validation(mid_epoch=True)
                     state.stage = "train"
             self.emit("on_batch_end")
@@ -514,16 +517,6 @@ class Trainer(Emitter):
             self.validation()
         self.flush_logs()
         self.emit("on_epoch_end")
-
-    def mid_epoch_validation_due(self, n_batches: int, validate_at_end: bool) -> bool:
-        """Whether train.evaluation_steps asks for a validation after the batch just done.
-
-        Not after the epoch's last batch when the epoch-end validation follows.
-        """
-        steps, done = self.settings.evaluation_steps, self.state.current_train_batch
-        if not steps or done % steps:
-            return False
-        return done < n_batches or not validate_at_end
 
     def validation(self, mid_epoch: bool = False) -> dict[str, float]:
         """Validate; ``mid_epoch``: inside an epoch (train.evaluation_steps).
