@@ -350,7 +350,9 @@ def test_to_config_overrides_maps_train_and_model_keys():
         "network_normalization",
     }
     assert search["n_conv"] == run["n_conv"]
-    assert set(overrides) == {"train", "model"}
+    assert overrides["model"]["network_type"] == "cnn"
+    assert overrides["data"]["mode"] == run["mode"]
+    assert set(overrides) == {"train", "model", "data"}
     assert to_config_overrides({"epochs": 2}) == {"train": {"epochs": 2}}
     assert to_config_overrides({}) == {}
 
@@ -375,7 +377,7 @@ def test_run_configs_leave_the_test_groups_out():
     assert run_configs(other, {**SEED_SPACE, "epochs": 2}, "results/rs", 2, 0) == runs
     for job, (_, experiment) in runs.items():
         assert experiment["maps_dir"] == f"results/rs/{job}/maps"
-        assert experiment["data"] == {"synthetic": {"n_participants": 16}}
+        assert experiment["data"]["synthetic"] == {"n_participants": 16}
         assert "test" not in experiment and "random_search" not in experiment
         assert experiment["train"]["epochs"] == 2
     assert config == before

@@ -183,7 +183,13 @@ def dataloader_description(batch_size: int, shuffle: bool, num_workers: int) -> 
     }
 
 
-def dataset_description(frame: pd.DataFrame, manifest: Path, classes: list[str]) -> dict:
+def dataset_description(
+    frame: pd.DataFrame,
+    manifest: Path,
+    classes: list[str],
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """``dataset.json``; ``extra`` adds the extraction (mode) and voting records."""
     return {
         "name_": "CachedImages",
         "cache_manifest": str(Path(manifest).resolve()),
@@ -191,6 +197,7 @@ def dataset_description(frame: pd.DataFrame, manifest: Path, classes: list[str])
         "classes": classes,
         "n_images": len(frame),
         "n_participants": int(frame["participant_id"].nunique()),
+        **(dict(extra) if extra else {}),
     }
 
 
@@ -210,6 +217,7 @@ def make_splits(
     num_workers: int,
     positive_class: str | None = None,
     task: str = "classification",
+    dataset_extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Split the prepared table and write ``training/data/`` of the MAPS.
 
@@ -242,7 +250,9 @@ def make_splits(
         ):
             maps.save_file(public_columns(rows), subset.data_tsv, overwrite=True)
             maps.save_file(
-                dataset_description(rows, manifest, classes), subset.dataset_json, overwrite=True
+                dataset_description(rows, manifest, classes, dataset_extra),
+                subset.dataset_json,
+                overwrite=True,
             )
             maps.save_file(
                 dataloader_description(batch_size, shuffle, num_workers),

@@ -123,8 +123,8 @@ def train_rank(
     import torch
 
     from .. import io
-    from ..data.dataset import CachedImages
-    from ..models.network import build_network, summary
+    from ..data.extraction import dataset, recorded
+    from ..models.network import build_network, memory_format, summary
     from ..split import load_manifest, split_frame
     from .callbacks import (
         ComputationalMonitor,
@@ -151,14 +151,16 @@ def train_rank(
     manifest = load_manifest(maps_dir)
     model = io.read_json(maps.model_json)
     classes = model["classes"]
-    train_data = CachedImages(split_frame(maps_dir, split, "train"), classes)
-    val_data = CachedImages(split_frame(maps_dir, split, "validation"), classes)
+    extraction, record = recorded(maps_dir)
+    network_type = record["network_type"]
+    train_data = dataset(split_frame(maps_dir, split, "train"), classes, extraction, network_type)
+    val_data = dataset(
+        split_frame(maps_dir, split, "validation"), classes, extraction, network_type
+    )
 
     network = build_network(model["network"])
     channels_last = train["channels_last"]
-    network = network.to(
-        device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
-    )
+    network = network.to(device, memory_format=memory_format(model["network"], channels_last))
     if group.writer:
         with io.locked(maps.nn_summary_txt):
             if not maps.nn_summary_txt.exists():
@@ -215,6 +217,7 @@ def train_rank(
     semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
     # The world size decides the batches; how ranks are spread over nodes does not.
     semantic["distributed"] = group.world_size
+    semantic["extraction"] = record.get("extraction")
     trainer = Trainer(
         maps=maps,
         split=split,
@@ -229,6 +232,7 @@ def train_rank(
         fingerprint=fingerprint(semantic, model["network"], manifest["hash"], split),
         objective=Objective.of(model),
         group=group,
+        selection_threshold=record["voting"]["selection_threshold"],
     )
     if group.writer:
         Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)

@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import metrics as M
 from .callbacks import Callback
 from .runtime import TrainerState
 
@@ -35,10 +34,15 @@ class Batches:
     ) -> None:
         self.dataset, self.batch_size, self.device = dataset, batch_size, device
         self.num_workers = num_workers
-        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
         self.pinned = device.type == "cuda"
         if dataset.images is not None and self.pinned:
             dataset.images = dataset.images.pin_memory()
+
+    def memory_format(self, images: torch.Tensor) -> torch.memory_format:
+        if not self.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last if images.dim() == 4 else torch.channels_last_3d
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
@@ -50,7 +54,10 @@ class Batches:
     def iterate(
         self, batches: Sequence[Sequence[int]]
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[int]]]:
-        if self.dataset.images is not None and self.num_workers == 0:
+        if hasattr(self.dataset, "batch") and self.num_workers == 0:
+            # Sub-samples (patches, slices, rois) cut from the cache one batch at a time.
+            source = ((*self.dataset.batch(idx), list(idx)) for idx in map(list, batches))
+        elif self.dataset.images is not None and self.num_workers == 0:
             source = (
                 (self.dataset.images[idx], self.dataset.labels[idx], list(idx))
                 for idx in map(list, batches)
@@ -66,7 +73,9 @@ class Batches:
             )
             source = ((x, y, idx.tolist()) for x, y, idx in loader)
         for images, labels, indices in source:
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            images = images.to(
+                self.device, non_blocking=True, memory_format=self.memory_format(images)
+            )
             yield images, labels.to(self.device, non_blocking=True), indices
 
 
@@ -219,7 +228,11 @@ class Evaluation(Emitter):
         metric_names: Sequence[str],
         objective: Objective,
         callbacks: Sequence[Callback] = (),
+        selection_threshold: float = 0.0,
+        reference: pd.DataFrame | None = None,
     ) -> None:
+        self.selection_threshold, self.reference = selection_threshold, reference
+        self.parts: pd.DataFrame | None = None
         self.called, self.model, self.network, self.data = called, model, network, data
         self.data_name = data_name
         self.device, self.dtype, self.objective = device, dtype, objective
@@ -230,7 +243,15 @@ class Evaluation(Emitter):
         )
 
     def run(self) -> tuple[dict[str, float], pd.DataFrame]:
-        """The metrics and the per-image details of the model on the data."""
+        """The metrics and the per-image details of the model on the data.
+
+        Parts (patches, slices, rois) are voted into images
+        (``snakemaps.evaluate.voting``), weighted by ``reference``'s part rows
+        (default: these predictions); their own rows are left in ``parts``
+        (None for whole images).
+        """
+        from ..evaluate import voting
+
         try:
             self.emit(f"on_{self.called}_start")
             indices, labels, outputs, losses = predict(
@@ -240,9 +261,15 @@ class Evaluation(Emitter):
                 EvaluationEvents(self, self.metric_names),
                 self.objective,
             )
-            values = M.compute(self.metric_names, labels, outputs, losses)
-            details = M.details_frame(
-                self.data.frame, indices, labels, outputs, losses, self.data.classes
+            values, details, self.parts = voting.evaluate(
+                self.data,
+                indices,
+                labels,
+                outputs,
+                losses,
+                self.metric_names,
+                self.selection_threshold,
+                self.reference,
             )
             self.emit(f"on_{self.called}_end", metrics=values)
         except BaseException as error:

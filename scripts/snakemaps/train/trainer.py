@@ -32,9 +32,9 @@ from torch import nn
 
 from .. import io
 from ..errors import UserError
+from ..evaluate import voting
 from ..maps import Maps
 from ..maps.tree import TmpEpoch
-from . import metrics as M
 from .callbacks import (
     Callback,
     ComputationalMonitor,
@@ -109,8 +109,10 @@ class Trainer(Emitter):
         fingerprint: str,
         objective: Objective = Objective(),  # noqa: B008 - a frozen dataclass
         group: Group = SINGLE,
+        selection_threshold: float = 0.0,
     ) -> None:
         self.maps, self.split_dir = maps, maps.split(split)
+        self.selection_threshold = selection_threshold
         self.group = group
         # Validation and precise BN run on each rank's module, outside DDP.
         self.eval_network = evaluation_network(network)
@@ -158,6 +160,8 @@ class Trainer(Emitter):
             self.split_dir.validation_metrics.aggregated_tsv, ["epoch", *self.metric_names]
         )
         self.details_log = TableLog(self.split_dir.validation_metrics.details_tsv, ["epoch"])
+        # Patches, slices, rois: their own rows beside the image-level ones (soft voting).
+        self.part_logs = part_logs(self.split_dir.validation_metrics, val_data)
 
     # Timing ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -181,7 +185,7 @@ class Trainer(Emitter):
 
     def logs(self) -> list[TableLog]:
         """Every log of the run, the callbacks' included."""
-        logs = [self.loss_log, self.val_log, self.details_log]
+        logs = [self.loss_log, self.val_log, self.details_log, *self.part_logs]
         return logs + [
             c.log for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)
         ]
@@ -522,18 +526,39 @@ class Trainer(Emitter):
                 )
             )
         with self.timed("metric"):
-            values = M.compute(self.metric_names, labels, outputs, losses)
-            details = M.details_frame(
-                self.val_data.frame, indices, labels, outputs, losses, self.val_data.classes
+            values, details, parts = voting.evaluate(
+                self.val_data,
+                indices,
+                labels,
+                outputs,
+                losses,
+                self.metric_names,
+                self.selection_threshold,
             )
         details.insert(0, "epoch", state.current_epoch)
         self.val_log.append({"epoch": state.current_epoch, **values})
         self.details_log.rows.extend(details.to_dict("records"))
+        if parts is not None:
+            parts.insert(0, "epoch", state.current_epoch)
+            self.part_logs[0].rows.extend(parts.to_dict("records"))
         if self.monitor:
             self.monitor.add("validation", time.perf_counter() - start)
         self.emit("on_validation_end", metrics=values)
         self.network.train()
         return values
+
+
+def part_details_tsv(files: Any, mode: str) -> Path:
+    """``details_<mode>.tsv`` beside a ``details.tsv``: one row per patch, slice or roi."""
+    return files.path / f"details_{mode}.tsv"
+
+
+def part_logs(files: Any, data: Any) -> list[TableLog]:
+    """The part-level validation log of sub-sample data (none for whole images)."""
+    extraction = getattr(data, "extraction", None)
+    if extraction is None:
+        return []
+    return [TableLog(part_details_tsv(files, extraction.mode), ["epoch"])]
 
 
 class _Publisher:
