@@ -25,6 +25,7 @@ cache), so memory stays that of the cache, not parts x images.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -351,7 +352,7 @@ def _box_region(
     box = []
     for axis, size in enumerate(spatial):
         side = max(1, round(BOX_SIDE_MM / voxel_mm[axis]))
-        start = round(centre[axis] - side / 2)
+        start = math.floor(centre[axis] - side / 2 + 0.5)
         start = min(max(start, 0), max(size - side, 0))
         box.append((start, min(start + side, size)))
     return Region(name, tuple(box))
