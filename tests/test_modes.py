@@ -296,3 +296,25 @@ def test_what_cannot_run_stops_the_search_naming_the_key(extra, key):
     space = {"epochs": 3, "n_convblocks": 2, "first_conv_width": 4, "n_fcblocks": 1, **extra}
     with pytest.raises(UserError, match=key):
         to_config_overrides(sample_options(space, seed=0))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"mode": "patch", "patch_size": 10, "stride_size": 7},
+        {"mode": "slice", "slice_direction": 0, "discarded_slices": 3},
+        {"mode": "slice", "slice_direction": 1, "slice_mode": "single"},
+        {"mode": "slice", "slice_direction": 2, "discarded_slices": [2, 5]},
+    ],
+)
+def test_a_batch_gathered_at_once_equals_the_parts_cut_one_by_one(data):
+    frame = pd.DataFrame({"participant_id": list("abcde"), "session_id": ["ses-M000"] * 5})
+    images = _Images(frame, torch.randn(5, *SHAPE))
+    images.labels = torch.tensor([0, 1, 1, 0, 1])
+    extraction = from_config(data, SHAPE)
+    for id_channel in (False, True):
+        parts = SubSamples(images, extraction, id_channel=id_channel)
+        chosen = list(np.random.default_rng(0).permutation(len(parts))[:17])
+        batch, labels = parts.batch(chosen)
+        assert torch.equal(batch, torch.stack([parts.sample(i) for i in chosen]))
+        assert labels.tolist() == [images.labels[i // extraction.n_parts] for i in chosen]

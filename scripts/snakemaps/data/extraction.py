@@ -478,7 +478,29 @@ class SubSamples:
     def batch(self, indices: Sequence[int]) -> tuple[Any, Any]:
         import torch
 
-        return torch.stack([self.sample(int(i)) for i in indices]), self.labels[list(indices)]
+        indices = list(indices)
+        if self.source.images is None or self.extraction.mode == "roi":
+            return torch.stack([self.sample(int(i)) for i in indices]), self.labels[indices]
+        # In memory: one gather for the whole batch (patches from an unfold view, no copy).
+        images = torch.from_numpy(self.image_index[indices])
+        parts = torch.from_numpy(self.part_index[indices])
+        extraction = self.extraction
+        if extraction.mode == "patch":
+            L, S = extraction.patch_size, extraction.stride_size
+            _, ny, nz = extraction.grid
+            view = self.source.images.unfold(2, L, S).unfold(3, L, S).unfold(4, L, S)
+            cut = view[images, :, parts // (ny * nz), (parts // nz) % ny, parts % nz]
+        else:
+            position = parts + extraction.discarded_slices[0]
+            index: list[Any] = [images, slice(None), slice(None), slice(None), slice(None)]
+            index[2 + extraction.slice_direction] = position
+            cut = self.source.images[tuple(index)]  # (N, C, H, W)
+            if extraction.slice_mode == "rgb":
+                cut = cut.repeat(1, 3, 1, 1)
+        if self.id_channel:
+            ids = parts.to(cut.dtype).view(-1, 1, *([1] * (cut.dim() - 2)))
+            cut = torch.cat([cut, ids.expand(-1, 1, *cut.shape[2:])], dim=1)
+        return cut.contiguous(), self.labels[indices]
 
     def __getitem__(self, i: int) -> tuple[Any, Any, int]:
         return self.sample(int(i)), self.labels[i], int(i)
