@@ -25,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import ROOT, Result, full_config, overlay
+from benchmarks.common import ROOT, Result, full_config, load_avg, overlay
 
 # The demo cohort's 32 x 40 x 32 images; ClinicaDL's ratios of part to image.
 MODES: dict[str, dict[str, Any]] = {
@@ -124,6 +124,7 @@ def modes_benchmark(work: Path, cohort: Mapping[str, Path], epochs: int, log: An
                     f"{row['samples_per_s']:.0f} samples/s"
                 ),
                 details=row,
+                load_avg=load_avg(),
             )
         )
     base = rows["image"]["peak_rss_mib"]
@@ -144,6 +145,7 @@ def modes_benchmark(work: Path, cohort: Mapping[str, Path], epochs: int, log: An
                     f"{materialised / 2**20:.1f} MiB"
                 ),
                 details={"image": rows["image"], mode: row},
+                load_avg=load_avg(),
             )
         )
     return results

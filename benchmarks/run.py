@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import distributed, slurm, training, workflow
+from benchmarks import distributed, modes, slurm, training, workflow
 from benchmarks.common import (
     Result,
     fmt,
@@ -39,6 +39,7 @@ ALL = (
     "slurm",
     "gpu",
     "distributed",
+    "modes",
 )
 
 # Sizes per mode: quick must finish in < 5 minutes on 2 CPU cores.
@@ -60,6 +61,7 @@ PLANS = {
         "gpu_steps": 20,
         "distributed_epochs": 4,
         "distributed_pairs": 2,
+        "modes_epochs": 3,
     },
     "full": {
         "startup_reps": 3,
@@ -78,6 +80,7 @@ PLANS = {
         "gpu_steps": 100,
         "distributed_epochs": 8,
         "distributed_pairs": 3,
+        "modes_epochs": 5,
     },
 }
 
@@ -136,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
             "slurm",
             "gpu",
             "distributed",
+            "modes",
         } & set(args.only)
         cohort = make_cohort(cohort_dir) if needs_cohort else {}
         if "trainer" in args.only:
@@ -187,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                     plan["distributed_pairs"],
                     log,
                 )
+        if "modes" in args.only:
+            log("patch and slice modes vs image mode: data waiting share, peak memory")
+            with temp_dir("modes") as work:
+                results += modes.modes_benchmark(work, cohort, plan["modes_epochs"], log)
 
     elapsed = time.perf_counter() - started
     print(
