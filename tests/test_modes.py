@@ -318,3 +318,57 @@ def test_a_batch_gathered_at_once_equals_the_parts_cut_one_by_one(data):
         batch, labels = parts.batch(chosen)
         assert torch.equal(batch, torch.stack([parts.sample(i) for i in chosen]))
         assert labels.tolist() == [images.labels[i // extraction.n_parts] for i in chosen]
+
+
+def test_clinicadls_example_search_samples_slice_runs():
+    """ClinicaDL's own random_search.json (tools/deep_learning/models): a slice-mode cnn."""
+    example = {
+        "mode": "slice",
+        "network_type": "cnn",
+        "caps_dir": "/path/to/caps",
+        "preprocessing": "t1-linear",
+        "tsv_path": "/path/to/tsv",
+        "diagnoses": ["AD", "CN"],
+        "baseline": False,
+        "unnormalize": False,
+        "data_augmentation": False,
+        "sampler": "random",
+        "epochs": 100,
+        "learning_rate": [2, 5],
+        "wd_bool": [True, False],
+        "weight_decay": [2, 4],
+        "dropout": [0, 0.9],
+        "patience": 20,
+        "tolerance": 0,
+        "accumulation_steps": 1,
+        "evaluation_steps": 0,
+        "n_convblocks": [2, 6],
+        "first_conv_width": [2, 5],
+        "channels_limit": 256,
+        "d_reduction": "MaxPooling",
+        "n_conv": [1, 2],
+        "n_fcblocks": [1, 3],
+    }
+    overrides = to_config_overrides(sample_options(example, seed=0))
+    assert overrides["data"] == {"mode": "slice", "discarded_slices": 20, "slice_direction": 0}
+    assert overrides["model"]["network_type"] == "cnn"
+    check_config({"data": overrides["data"], "model": overrides["model"]})
+    # On a cropped t1-linear image: 169 - 2 x 20 sagittal slices, 2D networks.
+    extraction = from_config(overrides["data"], [1, 169, 208, 179])
+    assert extraction.n_parts == 129 and extraction.part_shape == (3, 208, 179)
+
+
+def test_the_part_log_keeps_the_epochs_of_saved_models(tmp_path):
+    from snakemaps.evaluate.voting import prune_part_log
+    from snakemaps.train.callbacks import ModelCheckpoint, TableLog
+
+    checkpoint = ModelCheckpoint(["loss", "BalancedAccuracy"], save_epochs=[2])
+    checkpoint.best = {
+        "loss": {"value": 0.3, "epoch": 3},
+        "BalancedAccuracy": {"value": 1, "epoch": 1},
+    }
+    log = TableLog(tmp_path / "details_patch.tsv", ["epoch"])
+    log.rows = [{"epoch": e, "patch_id": k} for e in range(1, 7) for k in range(2)]
+    prune_part_log(log, [checkpoint])
+    assert sorted({row["epoch"] for row in log.rows}) == [1, 2, 3, 6]
+    assert len(log.rows) == 8

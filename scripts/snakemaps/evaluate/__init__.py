@@ -14,6 +14,7 @@ from .. import io
 from ..errors import UserError
 from ..maps import Maps, parse_model
 from ..split import check_test_group, load_manifest, split_frame
+from .voting import part_details_tsv
 
 logger = logging.getLogger("snakemaps.evaluate")
 
@@ -193,11 +194,6 @@ def _mode(maps_dir: str | Path) -> str:
     from ..data.extraction import recorded
 
     return recorded(maps_dir)[0].mode
-
-
-def part_details_tsv(files: Any, mode: str) -> Path:
-    """``details_<mode>.tsv`` beside a ``details.tsv``: one row per patch, slice or roi."""
-    return Path(files.path) / f"details_{mode}.tsv"
 
 
 def _epoch_rows(frame: pd.DataFrame | None, epoch: int) -> pd.DataFrame | None:

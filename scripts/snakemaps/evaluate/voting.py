@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -158,3 +159,36 @@ def evaluate(
         1.0 / extraction.n_parts if weights is None else parts[id_column].map(weights).fillna(0.0)
     )
     return image_metrics(images, data.classes, metric_names), images, parts
+
+
+def part_details_tsv(files: Any, mode: str) -> Path:
+    """``details_<mode>.tsv`` beside a ``details.tsv``: one row per patch, slice or roi."""
+    return Path(files.path) / f"details_{mode}.tsv"
+
+
+def part_logs(files: Any, data: Any) -> list[Any]:
+    """The trainer's part-level validation log for sub-sample data (none for whole images)."""
+    from ..train.callbacks import TableLog
+
+    extraction = getattr(data, "extraction", None)
+    if extraction is None:
+        return []
+    return [TableLog(part_details_tsv(files, extraction.mode), ["epoch"])]
+
+
+def prune_part_log(log: Any, callbacks: Sequence[Any]) -> None:
+    """Keep the part rows of the epochs a saved model may come from, and the last one.
+
+    A validation has one row per image and part (129 sagittal slices of a
+    t1-linear image): kept for every epoch, the log rewritten at each flush
+    would grow with epochs squared. The validate step reads the rows of the
+    best-<metric>, epoch-<e> and final models' epochs only.
+    """
+    from ..train.callbacks import ModelCheckpoint
+
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint)), None)
+    if checkpoint is None or not log.rows:
+        return
+    keep = {best["epoch"] for best in checkpoint.best.values()}
+    keep |= set(checkpoint.save_epochs) | {log.rows[-1]["epoch"]}
+    log.rows = [row for row in log.rows if row["epoch"] in keep]

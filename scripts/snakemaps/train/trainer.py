@@ -161,7 +161,7 @@ class Trainer(Emitter):
         )
         self.details_log = TableLog(self.split_dir.validation_metrics.details_tsv, ["epoch"])
         # Patches, slices, rois: their own rows beside the image-level ones (soft voting).
-        self.part_logs = part_logs(self.split_dir.validation_metrics, val_data)
+        self.part_logs = voting.part_logs(self.split_dir.validation_metrics, val_data)
 
     # Timing ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -540,25 +540,13 @@ class Trainer(Emitter):
         self.details_log.rows.extend(details.to_dict("records"))
         if parts is not None:
             parts.insert(0, "epoch", state.current_epoch)
+            voting.prune_part_log(self.part_logs[0], self.callbacks)
             self.part_logs[0].rows.extend(parts.to_dict("records"))
         if self.monitor:
             self.monitor.add("validation", time.perf_counter() - start)
         self.emit("on_validation_end", metrics=values)
         self.network.train()
         return values
-
-
-def part_details_tsv(files: Any, mode: str) -> Path:
-    """``details_<mode>.tsv`` beside a ``details.tsv``: one row per patch, slice or roi."""
-    return files.path / f"details_{mode}.tsv"
-
-
-def part_logs(files: Any, data: Any) -> list[TableLog]:
-    """The part-level validation log of sub-sample data (none for whole images)."""
-    extraction = getattr(data, "extraction", None)
-    if extraction is None:
-        return []
-    return [TableLog(part_details_tsv(files, extraction.mode), ["epoch"])]
 
 
 class _Publisher:
