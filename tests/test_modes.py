@@ -372,3 +372,67 @@ def test_the_part_log_keeps_the_epochs_of_saved_models(tmp_path):
     prune_part_log(log, [checkpoint])
     assert sorted({row["epoch"] for row in log.rows}) == [1, 2, 3, 6]
     assert len(log.rows) == 8
+
+
+def test_patch_training_resumes_bit_identical_with_its_part_log(tmp_path):
+    """A run stopped mid-epoch (as SIGTERM does) and resumed ends as the unbroken one."""
+    import signal
+
+    from snakemaps.data.dataset import CachedImages
+    from snakemaps.maps import Maps
+    from snakemaps.train.callbacks import Callback, ModelCheckpoint
+    from snakemaps.train.trainer import Settings, Trainer, TrainingInterrupted
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(12):
+        path = tmp_path / f"image{i}.npy"
+        label = "AD" if i % 2 else "CN"
+        np.save(path, (rng.normal(size=(1, 12, 12, 12)) + (label == "AD")).astype(np.float32))
+        rows.append({"participant_id": f"sub-{i}", "session_id": "ses-M000", "label": label})
+        rows[-1]["tensor"] = str(path)
+    frame = pd.DataFrame(rows)
+    extraction = from_config({"mode": "patch", "patch_size": 6, "stride_size": 6}, [1, 12, 12, 12])
+
+    class StopAt(Callback):
+        name = "StopAt"
+
+        def __init__(self, epoch, batch):
+            self.at = (epoch, batch)
+
+        def on_batch_end(self, trainer, **_):
+            state = trainer.state
+            if (state.current_epoch, state.current_train_batch) == self.at:
+                trainer.interrupt = signal.SIGTERM
+
+    def run(folder, callbacks):
+        torch.manual_seed(0)
+        network = build_network(resolve_description({"conv_channels": [4, 8]}, (1, 6, 6, 6), 2))
+        data = {
+            side: CachedImages(frame[s], ["CN", "AD"])
+            for side, s in (("train", slice(0, 8)), ("val", slice(8, 12)))
+        }
+        trainer = Trainer(
+            maps=Maps(folder),
+            split=0,
+            network=network,
+            optimizer=torch.optim.Adam(network.parameters(), lr=1e-3),
+            optimizer_name="Adam",
+            train_data=SubSamples(data["train"], extraction),
+            val_data=SubSamples(data["val"], extraction),
+            settings=Settings(epochs=2, batch_size=8, device=torch.device("cpu"), seed=0),
+            metric_names=["loss", "BalancedAccuracy"],
+            callbacks=[ModelCheckpoint(["loss"], []), *callbacks],
+            fingerprint="patch",
+        )
+        trainer.fit()
+        return trainer
+
+    unbroken = run(tmp_path / "a", [])
+    with pytest.raises(TrainingInterrupted):
+        run(tmp_path / "b", [StopAt(1, 2)])
+    resumed = run(tmp_path / "b", [])
+    for a, b in zip(unbroken.network.state_dict().values(), resumed.network.state_dict().values()):
+        assert torch.equal(a, b)
+    logs = [t.split_dir.validation_metrics.path / "details_patch.tsv" for t in (unbroken, resumed)]
+    assert logs[0].read_text() == logs[1].read_text()
