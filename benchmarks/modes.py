@@ -39,7 +39,8 @@ GOAL_MEMORY = 1.25
 
 def child(work: Path, manifest: Path, mode: str, epochs: int, cohort: Mapping[str, str]) -> dict:
     """Train split 0 in ``mode`` in this process; its figures."""
-    from snakemaps.data.extraction import SubSamples, settings
+    from snakemaps.data.extraction import settings
+    from snakemaps.data.subsamples import SubSamples
     from snakemaps.experiment import create_maps
     from snakemaps.train import trainer as T
 

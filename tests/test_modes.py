@@ -9,12 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from snakemaps.data.extraction import (
-    HIPPOCAMPUS_BOXES,
-    SubSamples,
-    check_config,
-    from_config,
-)
+from snakemaps.data.extraction import HIPPOCAMPUS_BOXES, check_config, from_config
+from snakemaps.data.subsamples import SubSamples
 from snakemaps.errors import UserError
 from snakemaps.evaluate.voting import image_level, part_weights, soft_vote
 from snakemaps.models.description import resolve_description

@@ -71,7 +71,8 @@ def _evaluate_parts(
     """
     import torch
 
-    from ..data.extraction import dataset, recorded
+    from ..data.extraction import recorded
+    from ..data.subsamples import dataset
     from ..models.network import build_network
     from ..train.callbacks import ProgressLogger
     from ..train.evaluation import Evaluation, Objective

@@ -123,7 +123,8 @@ def train_rank(
     import torch
 
     from .. import io
-    from ..data.extraction import dataset, recorded
+    from ..data.extraction import recorded
+    from ..data.subsamples import dataset
     from ..models.network import build_network, memory_format, summary
     from ..split import load_manifest, split_frame
     from .callbacks import (
