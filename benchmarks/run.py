@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks import augmentation, dag, distributed, slurm, training, workflow
+from benchmarks import augmentation, dag, distributed, modes, slurm, training, workflow
 from benchmarks.common import (
     Result,
     fmt,
@@ -40,6 +40,7 @@ ALL = (
     "slurm",
     "gpu",
     "distributed",
+    "modes",
 )
 
 # Sizes per mode: quick must finish in < 5 minutes on 2 CPU cores.
@@ -63,6 +64,7 @@ PLANS = {
         "distributed_pairs": 2,
         "augmentation_epochs": 2,
         "augmentation_rounds": 1,
+        "modes_epochs": 3,
     },
     "full": {
         "startup_reps": 3,
@@ -83,6 +85,7 @@ PLANS = {
         "distributed_pairs": 3,
         "augmentation_epochs": 3,
         "augmentation_rounds": 3,
+        "modes_epochs": 5,
     },
 }
 
@@ -142,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             "slurm",
             "gpu",
             "distributed",
+            "modes",
         } & set(args.only)
         cohort = make_cohort(cohort_dir) if needs_cohort else {}
         if "trainer" in args.only:
@@ -203,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                     plan["distributed_pairs"],
                     log,
                 )
+        if "modes" in args.only:
+            log("patch and slice modes vs image mode: data waiting share, peak memory")
+            with temp_dir("modes") as work:
+                results += modes.modes_benchmark(work, cohort, plan["modes_epochs"], log)
 
     elapsed = time.perf_counter() - started
     print(

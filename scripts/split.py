@@ -17,6 +17,7 @@ def main(smk):
         train=smk.params.train,
         positive_class=smk.params.positive_class,
         task=smk.params.task,
+        modes=smk.params.modes,
     )
 
 

@@ -356,6 +356,8 @@ def test_to_config_overrides_maps_train_and_model_keys():
         "preprocessing": "t1-linear",
         "diagnoses": ["AD", "CN"],
     }
+    assert overrides["model"]["network_type"] == "cnn"
+    assert overrides["data"]["mode"] == run["mode"]
     assert set(overrides) == {"train", "model", "data"}
     assert to_config_overrides({"epochs": 2}) == {"train": {"epochs": 2}}
     assert to_config_overrides({}) == {}

@@ -75,6 +75,37 @@ def check_train(settings, where="train"):
 check_train(config)
 
 
+def mode_settings(settings):
+    """The mode keys of an experiment (data.mode, patch/slice/roi keys, network_type)."""
+    from snakemaps.data.extraction import settings as modes
+
+    return modes(settings)
+
+
+def check_modes(settings, where=""):
+    """Stop before any job if an experiment's mode keys cannot run together."""
+    from snakemaps.data.extraction import check_config
+    from snakemaps.errors import UserError
+
+    try:
+        check_config(settings)
+    except UserError as error:
+        raise WorkflowError(f"{where}{error}") from None
+
+
+check_modes(config)
+
+
+def voting_references(wildcards):
+    """The validation of a split's models, whose parts' accuracies weigh a test's vote."""
+    if experiment(wildcards.maps)["data"]["mode"] == "image":
+        return []
+    return [
+        f"{wildcards.maps}/training/split-{wildcards.split}/models/{d}/validation_metrics/aggregated.tsv"
+        for d in MODEL_DIRS
+    ]
+
+
 def train_processes(wildcards):
     """A train job's threads: one per rank of train.distributed on this node."""
     return exp(wildcards)["train"]["distributed"]["processes"]
@@ -417,6 +448,7 @@ def random_search_runs():
         except UserError as error:
             raise WorkflowError(str(error)) from None
         check_train(experiment, f"random search {job}: train")
+        check_modes(experiment, f"random search {job}: ")
     return runs
 
 

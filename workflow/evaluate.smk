@@ -51,6 +51,8 @@ rule test:
     input:
         group="{maps}/test/group-{group}/data.tsv",
         models=trained_models,
+        # Soft voting (patch, roi, slice) weighs parts by their validation accuracy.
+        validation=voting_references,
     output:
         expand(
             "{{maps}}/test/group-{{group}}/results/split-{{split}}/{model}/metrics/aggregated.tsv",

@@ -23,5 +23,6 @@ rule split:
         train=lambda wildcards: exp(wildcards)["train"],
         positive_class=POSITIVE_CLASS,
         task=lambda wildcards: exp(wildcards)["data"]["task"],
+        modes=lambda wildcards: mode_settings(exp(wildcards)),
     script:
         "../scripts/split.py"

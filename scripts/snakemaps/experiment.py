@@ -22,24 +22,35 @@ def model_json(
     classes: list[str] | None,
     target: Mapping[str, float] | None = None,
     task: str | None = None,
+    n_networks: int = 0,
 ) -> dict[str, Any]:
     """``model.json``: a classifier over ``classes``, a regressor (``classes`` None), or an
     autoencoder (``task`` reconstruction; ``classes`` are then only the split's strata).
 
     A regressor predicts the standardized target; ``target`` holds the mean and
     standard deviation that turn its output back into the label's units.
+    ``input_shape`` is one sample's (an image, patch, roi or slice); a 2D one
+    gives a 2D network. ``n_networks`` > 0 gives a multicnn of that many
+    networks, whose input carries one more channel (the part index).
     """
     task = task or ("regression" if classes is None else "classification")
     check_network_task(model, task)
     regression = task == "regression"
     n_outputs = 1 if classes is None or task != "classification" else len(classes)
     description = resolve_description(model, input_shape, n_outputs)
+    name = "CNN"
+    if len(input_shape) == 3:  # (C, H, W): slices
+        description["dimension"] = 2
+    if n_networks:
+        description["n_networks"] = n_networks
+        input_shape = [input_shape[0] + 1, *input_shape[1:]]  # + the part-index channel
+        name = "MultiCNN"
     if task == "reconstruction":
         from .models.autoencoder import autoencoder_description
 
         network = autoencoder_description(description)
     else:
-        network = {"name_": "CNN", **description}
+        network = {"name_": name, **description}
     names = {
         "classification": ("ClassificationModel", "CrossEntropyLoss"),
         "regression": ("RegressionModel", "MSELoss"),
@@ -111,11 +122,18 @@ def create_maps(
     train: Mapping[str, Any],
     positive_class: str | None = None,
     task: str = "classification",
+    modes: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write the MAPS root files and ``training/data``; return the split manifest path."""
+    """Write the MAPS root files and ``training/data``; return the split manifest path.
+
+    ``modes`` holds the mode keys (``snakemaps.data.extraction.settings``);
+    they are checked against the images before any MAPS file is written.
+    """
+    from .data.extraction import plan
     from .train.metrics import check_metric_names, metrics_json
 
     check_network_task(model, task)
+    extraction = plan(modes or {}, io.read_json(info_path(manifest)))
     check_metric_names(train["metrics"], "train.metrics", task)
     check_metric_names(train["monitor"], "train.monitor", task)
     missing = sorted(set(train["monitor"]) - set(train["metrics"]))
@@ -134,12 +152,17 @@ def create_maps(
         task=task,
         augmentation=train["data_augmentation"],
         sampler=train["sampler"],
+        dataset_extra=extraction,
     )
     classes = io.read_json(manifest_path)["classes"]
-    shape = io.read_json(info_path(manifest))["shape"]
+    block = extraction["extraction"]
+    shape = block["part_shape"]
     target = target_scale(manifest) if task == "regression" else None
+    multi = extraction["network_type"] == "multicnn"
     Maps(maps_dir).create(
-        model=model_json(model, train, shape, classes, target, task),
+        model=model_json(
+            model, train, shape, classes, target, task, block["n_parts"] if multi else 0
+        ),
         metrics=metrics_json(train["metrics"]),
         callbacks=callbacks_json(train),
         optimization=optimization_json(train),

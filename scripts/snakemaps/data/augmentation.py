@@ -102,8 +102,12 @@ class Augmentation:
     each sample in the epoch's order.
     """
 
-    def __init__(self, names: Sequence[str], seed: int, rank: int = 0) -> None:
+    def __init__(
+        self, names: Sequence[str], seed: int, rank: int = 0, keep_last_channel: bool = False
+    ) -> None:
         self.names, self.seed, self.rank = check_names(names), seed, rank
+        # multicnn: the last channel holds the sample's part index, not image data.
+        self.keep_last_channel = keep_last_channel
         self._torchio: dict[str, Any] = {}
 
     def __bool__(self) -> bool:
@@ -120,7 +124,13 @@ class Augmentation:
 
     def one(self, image: Any, epoch: int, position: int) -> Any:
         """One sample, at ``position`` of ``epoch``'s order, augmented."""
-        return self.sample(image, sample_seed(self.seed, self.rank, epoch, position))
+        seed = sample_seed(self.seed, self.rank, epoch, position)
+        if self.keep_last_channel:
+            import torch
+
+            augmented = self.sample(image[:-1], seed)
+            return torch.cat([augmented.to(image.dtype), image[-1:]])
+        return self.sample(image, seed)
 
     def sample(self, image: Any, seed: int) -> Any:
         """One sample ``(channels, *spatial)`` augmented with the draw of ``seed``."""

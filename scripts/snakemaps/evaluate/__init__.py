@@ -14,6 +14,7 @@ from .. import io
 from ..errors import UserError
 from ..maps import Maps, parse_model
 from ..split import check_test_group, load_manifest, split_frame
+from .voting import part_details_tsv
 
 logger = logging.getLogger("snakemaps.evaluate")
 
@@ -45,7 +46,12 @@ def model_epoch(model: str, log: pd.DataFrame | None, source: Path) -> int:
     return int(log.loc[best, "epoch"])
 
 
-def _evaluate(
+def _evaluate(*args: Any, **kwargs: Any) -> tuple[dict[str, float], pd.DataFrame, dict]:
+    """``_evaluate_parts`` without the part-level details."""
+    return _evaluate_parts(*args, **kwargs)[:3]
+
+
+def _evaluate_parts(
     maps: Maps,
     split: int,
     model: str,
@@ -55,11 +61,18 @@ def _evaluate(
     threads: int,
     called: str,
     data_name: str,
-) -> tuple[dict[str, float], pd.DataFrame, dict]:
-    """Evaluate one saved model; ``called`` is "validate" or "test" (callback events)."""
+    reference: pd.DataFrame | None = None,
+) -> tuple[dict[str, float], pd.DataFrame, dict, pd.DataFrame | None]:
+    """Evaluate one saved model; ``called`` is "validate" or "test" (callback events).
+
+    Returns the image-level metrics and details, the computational record, and
+    the part-level details (None in image mode). Parts are voted into images
+    with weights from ``reference`` (part rows; default: these predictions).
+    """
     import torch
 
-    from ..data.dataset import CachedImages
+    from ..data.extraction import recorded
+    from ..data.subsamples import dataset
     from ..models.network import build_network
     from ..train.callbacks import ProgressLogger
     from ..train.evaluation import Evaluation, Objective
@@ -73,10 +86,11 @@ def _evaluate(
         raise UserError(f"missing model {weights}: train split-{split} first")
     dev = resolve_device(device)
     network = load_maps_weights(build_network(description["network"]), weights).to(dev)
-    data = CachedImages(frame, description["classes"])
+    extraction, record = recorded(maps.path)
+    data = dataset(frame, description["classes"], extraction, record["network_type"])
     dtype = amp_dtype(dev, True)
     started = time.perf_counter()
-    values, details = Evaluation(
+    evaluation = Evaluation(
         called=called,
         split=split,
         model=model,
@@ -89,7 +103,10 @@ def _evaluate(
         metric_names=metric_names,
         objective=Objective.of(description),
         callbacks=[ProgressLogger()],
-    ).run()
+        selection_threshold=record["voting"]["selection_threshold"],
+        reference=reference,
+    )
+    values, details = evaluation.run()
     computational = {
         "name_": "ComputationalConfig",
         "gpu": dev.type == "cuda",
@@ -99,9 +116,10 @@ def _evaluate(
         "seed": None,
         "deterministic": False,
         "seconds": round(time.perf_counter() - started, 3),
-        "n_images": len(data),
+        "n_images": len(frame),
+        "n_samples": len(data),
     }
-    return values, details, computational
+    return values, details, computational, evaluation.parts
 
 
 def validate_checkpoints(
@@ -128,6 +146,9 @@ def validate_checkpoints(
     logs = maps.split(split).validation_metrics
     trained = io.read_tsv(logs.aggregated_tsv) if logs.aggregated_tsv.exists() else None
     trained_details: pd.DataFrame | None = None
+    mode = _mode(maps_dir)
+    part_log = part_details_tsv(logs, mode)
+    trained_parts: pd.DataFrame | None = None
     written = []
     for model in models:
         target = maps.split(split).models.get(model)
@@ -140,6 +161,12 @@ def validate_checkpoints(
         if trained is not None and trained_details is None and logs.details_tsv.exists():
             trained_details = io.read_tsv(logs.details_tsv)
         found = _training_validation(trained, trained_details, epoch)
+        parts = None
+        if found is not None and mode != "image":
+            if trained_parts is None and part_log.exists():
+                trained_parts = io.read_tsv(part_log)
+            parts = _epoch_rows(trained_parts, epoch)
+            found = None if parts is None else found
         if found is not None:
             aggregated, details = found
             logger.info(
@@ -149,15 +176,32 @@ def validate_checkpoints(
                 epoch,
             )
         else:
-            values, details, _ = _evaluate(
+            values, details, _, parts = _evaluate_parts(
                 maps, split, model, frame, device, batch_size, threads, "validate", "validation"
             )
             details.insert(0, "epoch", epoch)
+            if parts is not None:
+                parts.insert(0, "epoch", epoch)
             aggregated = pd.DataFrame([{"epoch": epoch, **values}])
+        if parts is not None:
+            Maps.save_file(parts, part_details_tsv(files, mode), overwrite=True)
         Maps.save_file(details, files.details_tsv, overwrite=True)
         Maps.save_file(aggregated, files.aggregated_tsv, overwrite=True)
         written.append(files.aggregated_tsv)
     return written
+
+
+def _mode(maps_dir: str | Path) -> str:
+    from ..data.extraction import recorded
+
+    return recorded(maps_dir)[0].mode
+
+
+def _epoch_rows(frame: pd.DataFrame | None, epoch: int) -> pd.DataFrame | None:
+    if frame is None:
+        return None
+    rows = frame[frame["epoch"] == epoch]
+    return None if rows.empty else rows.reset_index(drop=True)
 
 
 def _evaluated(files: Any, model_pt: Path, epoch: int) -> bool:
@@ -207,8 +251,14 @@ def register_test_group(
     check_test_group(split_manifest, frame, group)
     target = maps.test_group(group)
     Maps.save_file(public_columns(frame), target.data_tsv, overwrite=True)
+    from ..data.extraction import recorded
+
+    _, record = recorded(maps_dir)
+    modes = {
+        k: record[k] for k in ("extraction", "image_shape", "network_type", "voting") if k in record
+    }
     Maps.save_file(
-        dataset_description(frame, manifest, split_manifest["classes"]),
+        dataset_description(frame, manifest, split_manifest["classes"], modes),
         target.dataset_json,
         overwrite=True,
     )
@@ -246,11 +296,33 @@ def evaluate_test_group(
         },
     )
     written = []
+    mode = _mode(maps_dir)
     for model in models:
-        values, details, computational = _evaluate(
-            maps, split, model, frame, device, batch_size, threads, "test", f"group-{group}"
+        reference = None
+        if mode != "image":
+            # Soft voting weighs each part by its balanced accuracy on the validation set.
+            source = part_details_tsv(maps.split(split).models.get(model).validation_metrics, mode)
+            if not source.exists():
+                raise UserError(
+                    f"missing {source}: the test group's soft voting weighs each {mode} by "
+                    f"its validation balanced accuracy; run the validate step of split-{split}"
+                )
+            reference = io.read_tsv(source)
+        values, details, computational, parts = _evaluate_parts(
+            maps,
+            split,
+            model,
+            frame,
+            device,
+            batch_size,
+            threads,
+            "test",
+            f"group-{group}",
+            reference,
         )
         result = group_dir.results.splits[split].models[model]
+        if parts is not None:
+            Maps.save_file(parts, part_details_tsv(result.metrics, mode), overwrite=True)
         Maps.save_file(computational, result.computational_json, overwrite=True)
         Maps.save_file(details, result.metrics.details_tsv, overwrite=True)
         Maps.save_file(pd.DataFrame([values]), result.metrics.aggregated_tsv, overwrite=True)

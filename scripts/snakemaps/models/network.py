@@ -1,4 +1,10 @@
-"""The 3D CNN built from a description (see ``snakemaps.models``)."""
+"""The CNN built from a description (see ``snakemaps.models``): 3D, or 2D for slices.
+
+``"dimension": 2`` in the description builds the same blocks from 2D layers
+(ClinicaDL's 2D networks for slice mode). ``"n_networks": K`` builds a
+``MultiCNN``: K independent networks, one per patch, slice or roi index
+(ClinicaDL's multicnn / ``multi_network``).
+"""
 
 from __future__ import annotations
 
@@ -11,11 +17,11 @@ from torch import nn
 from ..errors import UserError
 
 
-def _norm(kind: str | None, channels: int) -> nn.Module:
+def _norm(kind: str | None, channels: int, dimension: int = 3) -> nn.Module:
     if kind == "BatchNorm":
-        return nn.BatchNorm3d(channels)
+        return (nn.BatchNorm2d if dimension == 2 else nn.BatchNorm3d)(channels)
     if kind == "InstanceNorm":
-        return nn.InstanceNorm3d(channels, affine=True)
+        return (nn.InstanceNorm2d if dimension == 2 else nn.InstanceNorm3d)(channels, affine=True)
     if kind is None:
         return nn.Identity()
     raise UserError(
@@ -29,6 +35,9 @@ class CNN(nn.Module):
     def __init__(self, description: Mapping[str, Any]) -> None:
         super().__init__()
         normalization = description.get("network_normalization")
+        dimension = int(description.get("dimension", 3))
+        conv = nn.Conv2d if dimension == 2 else nn.Conv3d
+        pool = nn.MaxPool2d if dimension == 2 else nn.MaxPool3d
         blocks = []
         for name, block in description["convolutions"].items():
             layers: list[nn.Module] = []
@@ -38,18 +47,20 @@ class CNN(nn.Module):
             for i in range(n_conv):
                 stride = 2 if stride_reduce and i == n_conv - 1 else 1
                 layers += [
-                    nn.Conv3d(channels, block["out_channels"], 3, stride=stride, padding=1),
-                    _norm(normalization, block["out_channels"]),
+                    conv(channels, block["out_channels"], 3, stride=stride, padding=1),
+                    _norm(normalization, block["out_channels"], dimension),
                     nn.ReLU(inplace=True),
                 ]
                 channels = block["out_channels"]
             if not stride_reduce:
-                layers.append(nn.MaxPool3d(2, ceil_mode=True))
+                layers.append(pool(2, ceil_mode=True))
             blocks.append(nn.Sequential(*layers))
             del name
         self.convolutions = nn.Sequential(*blocks)
         self.pool = (
-            nn.AdaptiveAvgPool3d(1) if description.get("pooling") == "avg" else nn.Identity()
+            (nn.AdaptiveAvgPool2d if dimension == 2 else nn.AdaptiveAvgPool3d)(1)
+            if description.get("pooling") == "avg"
+            else nn.Identity()
         )
         fcs: list[nn.Module] = [nn.Flatten(), nn.Dropout(float(description.get("dropout") or 0))]
         layers_fc = list(description["fc"].values())
@@ -63,13 +74,49 @@ class CNN(nn.Module):
         return self.fc(self.pool(self.convolutions(x)))
 
 
+class MultiCNN(nn.Module):
+    """One CNN per part index; the input's last channel holds each sample's part index.
+
+    ``snakemaps.data.extraction.SubSamples(id_channel=True)`` appends that
+    channel. Each sample goes through its part's network only, so every
+    network learns from its own part of every image, as ClinicaDL's
+    multicnn does.
+    """
+
+    def __init__(self, description: Mapping[str, Any]) -> None:
+        super().__init__()
+        single = {k: v for k, v in description.items() if k != "n_networks"}
+        self.networks = nn.ModuleList(CNN(single) for _ in range(int(description["n_networks"])))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = x[:, -1].flatten(1)[:, 0].round().long()
+        x = x[:, :-1]
+        order = torch.argsort(parts, stable=True)
+        outputs = []
+        for part in torch.unique(parts).tolist():
+            chosen = order[parts[order] == part]
+            outputs.append((chosen, self.networks[part](x[chosen])))
+        chosen = torch.cat([c for c, _ in outputs])
+        out = torch.cat([o for _, o in outputs])
+        return out[torch.argsort(chosen)]
+
+
 def build_network(description: Mapping[str, Any]) -> nn.Module:
     """The network of a ``model.json`` description (its ``name_``: CNN or AutoEncoder)."""
     if description.get("name_") == "AutoEncoder":
         from .autoencoder import AutoEncoder
 
         return AutoEncoder(description)
+    if description.get("n_networks"):
+        return MultiCNN(description)
     return CNN(description)
+
+
+def memory_format(description: Mapping[str, Any], channels_last: bool) -> torch.memory_format:
+    """channels_last(_3d) for the network's dimension, or the contiguous format."""
+    if not channels_last:
+        return torch.contiguous_format
+    return torch.channels_last if description.get("dimension", 3) == 2 else torch.channels_last_3d
 
 
 def summary(network: nn.Module, input_shape: Sequence[int]) -> str:

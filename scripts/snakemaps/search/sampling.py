@@ -16,10 +16,11 @@ generate`` reads it. Each known key has one sampling function
 Unknown keys are kept: a list is a ``choice``, anything else is fixed.
 Missing optional keys take ``DEFAULTS`` (ClinicaDL's). ``MANDATORY`` keys are
 the ones this workflow needs (``epochs``, ``n_convblocks``,
-``first_conv_width``, ``n_fcblocks``); ClinicaDL's CAPS keys (``mode``,
-``network_type``, ``caps_dir``, ``tsv_path``, ``diagnoses``,
-``preprocessing``, ...) are validated when present, not required (without
-them a search runs on the config's data).
+``first_conv_width``, ``n_fcblocks``); ClinicaDL's ``mode`` and
+``network_type`` are mapped onto the config (below), its CAPS keys
+(``caps_dir``, ``tsv_path``, ``diagnoses``, ``preprocessing``, ...) are
+validated when present, not required (without them a search runs on the
+config's data).
 
 Choices where ClinicaDL is vague:
 
@@ -68,9 +69,21 @@ Choices where ClinicaDL is vague:
                                              -> best-BalancedAccuracy; see
                                              snakemaps.train.transfer.search_overrides)
 
+    network_type                          -> model.network_type
+    mode                                  -> data.mode
+    patch_size, stride_size, slice_direction,
+    slice_mode, discarded_slices, roi_list,
+    uncropped_roi, selection_threshold    -> data.<same name>, only those of the
+                                             sampled mode (ClinicaDL's random-search
+                                             defaults fill that mode's missing ones)
+
 Only keys present in the options appear. ``wd_bool`` is not mapped (it is
 already folded into ``weight_decay``). A run whose data keys differ from the
 config's gets its own tensor cache (``snakemaps.data.datasets``).
+``use_extracted_patches`` / ``_slices`` / ``_roi`` true (ClinicaDL's part
+files) and ``roi_custom_template`` / ``roi_custom_mask_pattern`` stop the
+search, naming the key: parts are cut from the tensor cache, masks given by
+path.
 """
 
 from __future__ import annotations
@@ -89,6 +102,7 @@ from jsonschema import Draft202012Validator, validators
 from ..data.caps import PREPROCESSINGS
 from ..errors import UserError
 from ..io import read_json
+from .modes import MODE_DEFAULTS, mode_overrides
 
 SAMPLING_FUNCTIONS: dict[str, str] = {
     # Mandatory here.
@@ -113,6 +127,9 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "evaluation_steps": "fixed",
     "sampler": "choice",
     "data_augmentation": "fixed",
+    # Modes (data.mode, its data.<key> options, model.network_type).
+    "mode": "choice",
+    "network_type": "choice",
     # ClinicaDL CAPS data (-> data.*, DATA_KEYS).
     "caps_dir": "fixed",
     "preprocessing": "choice",
@@ -124,9 +141,6 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "tracer": "fixed",
     "suvr_reference_region": "fixed",
     "custom_suffix": "fixed",
-    # ClinicaDL modes (kept, not used by this workflow).
-    "mode": "choice",
-    "network_type": "choice",
     # ClinicaDL mode-dependent keys.
     "patch_size": "randint",
     "stride_size": "randint",
@@ -134,7 +148,13 @@ SAMPLING_FUNCTIONS: dict[str, str] = {
     "use_extracted_patches": "fixed",
     "discarded_slices": "randint",
     "slice_direction": "choice",
+    "slice_mode": "choice",
     "use_extracted_slices": "fixed",
+    "roi_list": "fixed",
+    "uncropped_roi": "choice",
+    "use_extracted_roi": "fixed",
+    "roi_custom_template": "fixed",
+    "roi_custom_mask_pattern": "fixed",
     # Transfer learning (snakemaps.train.transfer).
     "transfer_learning_path": "fixed",
     "transfer_learning_selection": "choice",
@@ -264,7 +284,16 @@ _ITEMS: dict[str, tuple[dict[str, Any], str]] = {
     "use_extracted_patches": _BOOL,
     "discarded_slices": _INT_MIN0,
     "slice_direction": ({"enum": [0, 1, 2]}, "one of 0, 1, 2"),
+    "slice_mode": ({"enum": ["rgb", "single"]}, 'one of "rgb", "single"'),
     "use_extracted_slices": _BOOL,
+    "roi_list": (
+        {"type": "array", "items": {"type": "string"}, "minItems": 1},
+        "a non-empty list of region names",
+    ),
+    "uncropped_roi": _BOOL,
+    "use_extracted_roi": _BOOL,
+    "roi_custom_template": _STRING,
+    "roi_custom_mask_pattern": _STRING,
     "transfer_learning_path": (
         {"type": ["string", "null"]},
         "a MAPS directory or null (a fixed value)",
@@ -429,6 +458,8 @@ def _sample(space: Mapping[str, Any], seed: int) -> dict[str, Any]:
             options[key] = [_draw(function, value, rng) for _ in range(n_blocks)]
         else:
             options[key] = _draw(function, value, rng)
+    for key, value in MODE_DEFAULTS.get(options.get("mode"), {}).items():
+        options.setdefault(key, value)
     if options.get("network_normalization") == "None":
         options["network_normalization"] = None
     if not options.get("wd_bool", True):
@@ -549,6 +580,12 @@ def to_config_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
         overrides["data"] = data
     if train:
         overrides["train"] = train
-    if search:
-        overrides["model"] = {"search": search}
+    model: dict[str, Any] = {"search": search} if search else {}
+    if "network_type" in options:
+        model["network_type"] = options["network_type"]
+    if model:
+        overrides["model"] = model
+    data = mode_overrides(options)
+    if data:
+        overrides["data"] = data
     return overrides

@@ -183,7 +183,13 @@ def dataloader_description(batch_size: int, shuffle: bool, num_workers: int) -> 
     }
 
 
-def dataset_description(frame: pd.DataFrame, manifest: Path, classes: list[str]) -> dict:
+def dataset_description(
+    frame: pd.DataFrame,
+    manifest: Path,
+    classes: list[str],
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
+    """``dataset.json``; ``extra`` adds the extraction (mode) and voting records."""
     return {
         "name_": "CachedImages",
         "cache_manifest": str(Path(manifest).resolve()),
@@ -191,6 +197,7 @@ def dataset_description(frame: pd.DataFrame, manifest: Path, classes: list[str])
         "classes": classes,
         "n_images": len(frame),
         "n_participants": int(frame["participant_id"].nunique()),
+        **(dict(extra) if extra else {}),
     }
 
 
@@ -231,6 +238,7 @@ def make_splits(
     task: str = "classification",
     augmentation: Sequence[str] = (),
     sampler: str = "random",
+    dataset_extra: Mapping[str, Any] | None = None,
 ) -> Path:
     """Split the prepared table and write ``training/data/`` of the MAPS.
 
@@ -266,7 +274,7 @@ def make_splits(
             (data.train.splits[k], train_rows, True),
             (data.validation.splits[k], val_rows, False),
         ):
-            dataset = dataset_description(rows, manifest, classes)
+            dataset = dataset_description(rows, manifest, classes, dataset_extra)
             loader = dataloader_description(batch_size, shuffle, num_workers)
             rows, dataset, loader = training_options(
                 rows,

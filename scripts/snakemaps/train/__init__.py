@@ -123,8 +123,9 @@ def train_rank(
     import torch
 
     from .. import io
-    from ..data.dataset import CachedImages
-    from ..models.network import build_network, summary
+    from ..data.extraction import recorded
+    from ..data.subsamples import dataset
+    from ..models.network import build_network, memory_format, summary
     from ..split import load_manifest, split_frame
     from .callbacks import (
         ComputationalMonitor,
@@ -151,16 +152,18 @@ def train_rank(
     manifest = load_manifest(maps_dir)
     model = io.read_json(maps.model_json)
     classes = model["classes"]
-    train_data = CachedImages(split_frame(maps_dir, split, "train"), classes)
-    val_data = CachedImages(split_frame(maps_dir, split, "validation"), classes)
-    sampler, augment = training_order(train, model, train_data, group, seed)
+    extraction, record = recorded(maps_dir)
+    network_type = record["network_type"]
+    train_data = dataset(split_frame(maps_dir, split, "train"), classes, extraction, network_type)
+    val_data = dataset(
+        split_frame(maps_dir, split, "validation"), classes, extraction, network_type
+    )
+    sampler, augment = training_order(train, model, train_data, group, seed, network_type)
 
     network = build_network(model["network"])
     transferred = transfer_into(network, train, split, model["network"])
     channels_last = train["channels_last"]
-    network = network.to(
-        device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format
-    )
+    network = network.to(device, memory_format=memory_format(model["network"], channels_last))
     if group.writer:
         with io.locked(maps.nn_summary_txt):
             if not maps.nn_summary_txt.exists():
@@ -222,6 +225,7 @@ def train_rank(
     semantic = {k: v for k, v in train.items() if k not in NON_SEMANTIC}
     # The world size decides the batches; how ranks are spread over nodes does not.
     semantic["distributed"] = group.world_size
+    semantic["extraction"] = record.get("extraction")
     trainer = Trainer(
         maps=maps,
         split=split,
@@ -244,6 +248,7 @@ def train_rank(
         group=group,
         sampler=sampler,
         augment=augment,
+        selection_threshold=record["voting"]["selection_threshold"],
     )
     if group.writer:
         Maps.save_file(computational_json(trainer), split_dir.computational_json, overwrite=True)
@@ -301,11 +306,18 @@ def transfer_into(
 
 
 def training_order(
-    train: Mapping[str, Any], model: Mapping[str, Any], train_data: Any, group: Any, seed: int
+    train: Mapping[str, Any],
+    model: Mapping[str, Any],
+    train_data: Any,
+    group: Any,
+    seed: int,
+    network_type: str = "cnn",
 ) -> tuple[Any, Any]:
     """The sampler (train.sampler) and augmentation (train.data_augmentation) of a run.
 
-    Checks train.evaluation_steps against the batches of an epoch first.
+    Checks train.evaluation_steps against the batches of an epoch first. A
+    multicnn's samples carry their part index in their last channel, which
+    augmentation leaves as it is.
     """
     from ..data.augmentation import Augmentation
     from ..data.sampler import Sampler, sampling_weights
@@ -319,7 +331,9 @@ def training_order(
         weights = sampling_weights(labels, model.get("task", "classification"))
     sampler = Sampler(train["sampler"], len(train_data), group, seed, weights)
     names = list(train["data_augmentation"])
-    return sampler, (Augmentation(names, seed, group.rank) if names else None)
+    if not names:
+        return sampler, None
+    return sampler, Augmentation(names, seed, group.rank, keep_last_channel=network_type == "multicnn")
 
 
 def computational_json(trainer: Any) -> dict[str, Any]:

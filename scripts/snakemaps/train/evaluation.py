@@ -17,7 +17,6 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import metrics as M
 from .callbacks import Callback
 from .runtime import TrainerState
 
@@ -38,10 +37,15 @@ class Batches:
         self.num_workers = num_workers
         # Training batches only: augment(images, epoch, positions) (snakemaps.data.augmentation).
         self.augment = augment or None
-        self.memory_format = torch.channels_last_3d if channels_last else torch.contiguous_format
+        self.channels_last = channels_last
         self.pinned = device.type == "cuda"
         if dataset.images is not None and self.pinned:
             dataset.images = dataset.images.pin_memory()
+
+    def memory_format(self, images: torch.Tensor) -> torch.memory_format:
+        if not self.channels_last:
+            return torch.contiguous_format
+        return torch.channels_last if images.dim() == 4 else torch.channels_last_3d
 
     def __len__(self) -> int:
         return math.ceil(len(self.dataset) / self.batch_size)
@@ -66,14 +70,18 @@ class Batches:
             for b, idx in enumerate(batches)
         ]
         # Workers only where there is per-sample work: files to read, samples to augment.
-        if self.dataset.images is not None and (self.num_workers == 0 or augment is None):
+        in_process = self.num_workers == 0 or augment is None
+        source = None
+        if hasattr(self.dataset, "batch") and in_process:
+            # Sub-samples (patches, slices, rois) cut from the cache one batch at a time.
+            source = ((*self.dataset.batch(idx), idx) for idx in batches)
+        elif self.dataset.images is not None and in_process:
             source = ((self.dataset.images[idx], self.dataset.labels[idx], idx) for idx in batches)
-            if augment is not None:
-                source = (
-                    (augment(x, epoch, where), y, idx)
-                    for (x, y, idx), where in zip(source, positions)
-                )
-        else:
+        if source is not None and augment is not None:
+            source = (
+                (augment(x, epoch, where), y, idx) for (x, y, idx), where in zip(source, positions)
+            )
+        if source is None:
             from torch.utils.data import DataLoader
 
             dataset, sampler = self.dataset, batches
@@ -91,7 +99,9 @@ class Batches:
             )
             source = ((x, y, idx.tolist()) for x, y, idx in loader)
         for images, labels, indices in source:
-            images = images.to(self.device, non_blocking=True, memory_format=self.memory_format)
+            images = images.to(
+                self.device, non_blocking=True, memory_format=self.memory_format(images)
+            )
             yield images, labels.to(self.device, non_blocking=True), indices
 
 
@@ -285,7 +295,11 @@ class Evaluation(Emitter):
         metric_names: Sequence[str],
         objective: Objective,
         callbacks: Sequence[Callback] = (),
+        selection_threshold: float = 0.0,
+        reference: pd.DataFrame | None = None,
     ) -> None:
+        self.selection_threshold, self.reference = selection_threshold, reference
+        self.parts: pd.DataFrame | None = None
         self.called, self.model, self.network, self.data = called, model, network, data
         self.data_name = data_name
         self.device, self.dtype, self.objective = device, dtype, objective
@@ -296,7 +310,15 @@ class Evaluation(Emitter):
         )
 
     def run(self) -> tuple[dict[str, float], pd.DataFrame]:
-        """The metrics and the per-image details of the model on the data."""
+        """The metrics and the per-image details of the model on the data.
+
+        Parts (patches, slices, rois) are voted into images
+        (``snakemaps.evaluate.voting``), weighted by ``reference``'s part rows
+        (default: these predictions); their own rows are left in ``parts``
+        (None for whole images).
+        """
+        from ..evaluate import voting
+
         try:
             self.emit(f"on_{self.called}_start")
             indices, labels, outputs, losses = predict(
@@ -306,9 +328,15 @@ class Evaluation(Emitter):
                 EvaluationEvents(self, self.metric_names),
                 self.objective,
             )
-            values = M.compute(self.metric_names, labels, outputs, losses)
-            details = M.details_frame(
-                self.data.frame, indices, labels, outputs, losses, self.data.classes
+            values, details, self.parts = voting.evaluate(
+                self.data,
+                indices,
+                labels,
+                outputs,
+                losses,
+                self.metric_names,
+                self.selection_threshold,
+                self.reference,
             )
             self.emit(f"on_{self.called}_end", metrics=values)
         except BaseException as error:

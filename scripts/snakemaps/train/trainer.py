@@ -32,9 +32,9 @@ from torch import nn
 
 from .. import io
 from ..errors import UserError
+from ..evaluate import voting
 from ..maps import Maps
 from ..maps.tree import TmpEpoch
-from . import metrics as M
 from .callbacks import (
     Callback,
     ComputationalMonitor,
@@ -115,8 +115,10 @@ class Trainer(Emitter):
         group: Group = SINGLE,
         sampler: Any = None,
         augment: Any = None,
+        selection_threshold: float = 0.0,
     ) -> None:
         self.maps, self.split_dir = maps, maps.split(split)
+        self.selection_threshold = selection_threshold
         self.group = group
         # Validation and precise BN run on each rank's module, outside DDP.
         self.eval_network = evaluation_network(network)
@@ -169,6 +171,8 @@ class Trainer(Emitter):
             self.split_dir.validation_metrics.aggregated_tsv, [*index, *self.metric_names]
         )
         self.details_log = TableLog(self.split_dir.validation_metrics.details_tsv, index)
+        # Patches, slices, rois: their own rows beside the image-level ones (soft voting).
+        self.part_logs = voting.part_logs(self.split_dir.validation_metrics, val_data, index)
 
     # Timing ----------------------------------------------------------------
     @contextlib.contextmanager
@@ -192,7 +196,7 @@ class Trainer(Emitter):
 
     def logs(self) -> list[TableLog]:
         """Every log of the run, the callbacks' included."""
-        logs = [self.loss_log, self.val_log, self.details_log]
+        logs = [self.loss_log, self.val_log, self.details_log, *self.part_logs]
         return logs + [
             c.log for c in self.callbacks if isinstance(getattr(c, "log", None), TableLog)
         ]
@@ -550,9 +554,14 @@ class Trainer(Emitter):
                 )
             )
         with self.timed("metric"):
-            values = M.compute(self.metric_names, labels, outputs, losses)
-            details = M.details_frame(
-                self.val_data.frame, indices, labels, outputs, losses, self.val_data.classes
+            values, details, parts = voting.evaluate(
+                self.val_data,
+                indices,
+                labels,
+                outputs,
+                losses,
+                self.metric_names,
+                self.selection_threshold,
             )
         where = {"epoch": state.current_epoch + (1 if mid_epoch else 0)}
         if self.settings.evaluation_steps:
@@ -563,6 +572,11 @@ class Trainer(Emitter):
             details.insert(position, column, value)
         self.val_log.append({**where, **values})
         self.details_log.rows.extend(details.to_dict("records"))
+        if parts is not None:
+            for position, (column, value) in enumerate(where.items()):
+                parts.insert(position, column, value)
+            voting.prune_part_log(self.part_logs[0], self.callbacks)
+            self.part_logs[0].rows.extend(parts.to_dict("records"))
         if self.monitor:
             self.monitor.add("validation", time.perf_counter() - start)
         self.emit("on_validation_end", metrics=values, mid_epoch=mid_epoch)
