@@ -346,7 +346,18 @@ def test_clinicadls_example_search_samples_slice_runs():
         "n_fcblocks": [1, 3],
     }
     overrides = to_config_overrides(sample_options(example, seed=0))
-    assert overrides["data"] == {"mode": "slice", "discarded_slices": 20, "slice_direction": 0}
+    assert overrides["data"] == {
+        "mode": "slice",
+        "discarded_slices": 20,
+        "slice_direction": 0,
+        # ClinicaDL's data keys (snakemaps.data.caps): the run's CAPS and table.
+        "caps_directory": "/path/to/caps",
+        "preprocessing": "t1-linear",
+        "tsv": "/path/to/tsv",
+        "diagnoses": ["AD", "CN"],
+        "baseline": False,
+        "unnormalize": False,
+    }
     assert overrides["model"]["network_type"] == "cnn"
     check_config({"data": overrides["data"], "model": overrides["model"]})
     # On a cropped t1-linear image: 169 - 2 x 20 sagittal slices, 2D networks.

@@ -355,6 +355,7 @@ def test_to_config_overrides_maps_train_and_model_keys():
         "tsv": "/path/to/tsv",
         "preprocessing": "t1-linear",
         "diagnoses": ["AD", "CN"],
+        "mode": run["mode"],
     }
     assert overrides["model"]["network_type"] == "cnn"
     assert overrides["data"]["mode"] == run["mode"]

@@ -576,8 +576,6 @@ def to_config_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
 
     train.update(search_overrides(options))
     overrides: dict[str, Any] = {}
-    if data:
-        overrides["data"] = data
     if train:
         overrides["train"] = train
     model: dict[str, Any] = {"search": search} if search else {}
@@ -585,7 +583,7 @@ def to_config_overrides(options: Mapping[str, Any]) -> dict[str, Any]:
         model["network_type"] = options["network_type"]
     if model:
         overrides["model"] = model
-    data = mode_overrides(options)
+    data.update(mode_overrides(options))
     if data:
         overrides["data"] = data
     return overrides

@@ -333,7 +333,9 @@ def training_order(
     names = list(train["data_augmentation"])
     if not names:
         return sampler, None
-    return sampler, Augmentation(names, seed, group.rank, keep_last_channel=network_type == "multicnn")
+    return sampler, Augmentation(
+        names, seed, group.rank, keep_last_channel=network_type == "multicnn"
+    )
 
 
 def computational_json(trainer: Any) -> dict[str, Any]:
