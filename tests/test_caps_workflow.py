@@ -200,3 +200,49 @@ def test_random_search_caps_keys_reach_each_run(caps_run):
         in output
     )
     assert "is a folder; give one table" in output
+
+
+def test_clinicadls_example_random_search_runs_on_the_caps(caps_run, clinicadl_reader):
+    """ClinicaDL's example random_search.json (slice mode), pointed at a real CAPS, runs.
+
+    Only what a 24x28x24 test image needs changes: the paths, 1 epoch, at most 3 conv
+    blocks and 2 discarded slices (ClinicaDL's 20 are for a 169-voxel axis). The slice-mode
+    MAPS it trains opens in ClinicaDL 2.0's own reader.
+    """
+    import json
+
+    from conftest import ROOT
+
+    workdir, table = caps_run
+    example = json.loads((ROOT / "config/examples/clinicadl_random_search.json").read_text())
+    assert (example["mode"], example["caps_dir"]) == ("slice", "/path/to/caps")
+    space = {
+        **example,
+        "caps_dir": str(workdir / "cohort" / "caps"),
+        "tsv_path": str(table),
+        "epochs": 1,
+        "n_convblocks": [2, 3],
+        "discarded_slices": 2,
+    }
+    launch = workdir / "results" / "clinicadl_search"
+    config = {
+        "data": {"label": "diagnosis", "synthetic": {"n_test_participants": 0}},
+        "split": {"n_splits": 1},
+        "random_search": {
+            "n_runs": 1,
+            "seed": 0,
+            "space": space,
+            "launch_dir": "results/clinicadl_search",
+        },
+    }
+    result = run_snakemake(workdir, "random_search", config=config)
+    assert result.returncode == 0, result.stderr[-5000:]
+    options = json.loads((launch / "job-0" / "options.json").read_text())
+    assert (options["mode"], options["network_type"]) == ("slice", "cnn")
+    maps = Maps(launch / "job-0" / "maps").read(strict=True)
+    dataset = json.loads(maps.training.data.train.splits[0].dataset_json.read_text())
+    assert dataset["extraction"]["mode"] == "slice"
+    ranked = pd.read_csv(launch / "ranked_runs.tsv", sep="\t")
+    assert list(ranked["mode"]) == ["slice"] and list(ranked["caps_dir"]) == [space["caps_dir"]]
+    seen = clinicadl_reader(launch / "job-0" / "maps")
+    assert seen["splits"] == [0] and "final" in seen["models"]["0"]

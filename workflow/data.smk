@@ -26,6 +26,9 @@ rule prepare:
         info="{data}/cache/{dataset}/manifest.json",
     log:
         "{data}/logs/prepare_{dataset}.log",
+    # Before any training that is ready at the same time: a test group's cache
+    # feeds register_test_group, whose checks should stop a bad group early.
+    priority: 5
     conda:
         "../envs/snakemaps.yaml"
     params:
