@@ -241,7 +241,7 @@ def test_clinicadls_example_random_search_runs_on_the_caps(caps_run, clinicadl_r
     assert (options["mode"], options["network_type"]) == ("slice", "cnn")
     maps = Maps(launch / "job-0" / "maps").read(strict=True)
     dataset = json.loads(maps.training.data.train.splits[0].dataset_json.read_text())
-    assert dataset["extraction"]["mode"] == "slice"
+    assert dataset["extraction"]["extract_method"] == "slice"  # ClinicaDL 2.0's SliceConfig
     ranked = pd.read_csv(launch / "ranked_runs.tsv", sep="\t")
     assert list(ranked["mode"]) == ["slice"] and list(ranked["caps_dir"]) == [space["caps_dir"]]
     seen = clinicadl_reader(launch / "job-0" / "maps")
