@@ -2,8 +2,8 @@
 
 One random search trains the four runs in one DAG (its space samples
 ClinicaDL's ``mode`` and ``network_type``; the seed is chosen so that the runs
-are patch/cnn, roi/cnn, slice/cnn and roi/multicnn), on a small demo cohort
-with a strong effect. Every assertion shares that run.
+are patch/cnn, roi/cnn, slice/cnn and roi/multicnn), on a small demo cohort written as a
+Clinica CAPS, with a strong effect. Every assertion shares that run.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ SPACE = {
     "slice_direction": 1,
     "discarded_slices": 10,
     "selection_threshold": 0.7,
+    # Issue 15's options apply to parts as to images: each sample's noise, class-balanced draws.
+    "data_augmentation": ["Noise"],
+    "sampler": "weighted",
 }
 WANTED = {("patch", "cnn"), ("roi", "cnn"), ("slice", "cnn"), ("roi", "multicnn")}
 ID = {"patch": "patch_id", "roi": "roi_id", "slice": "slice_id"}
@@ -50,13 +53,17 @@ def covering_seed() -> int:
 
 CONFIG = {
     "data": {
+        # The demo cohort written as a Clinica CAPS (t1-linear names) with a ClinicaDL
+        # table: every mode is cut from images found through the CAPS.
+        "label": "diagnosis",
         "synthetic": {
+            "caps": True,
             "n_participants": 80,
             "n_test_participants": 6,
             "n_sessions": 1,
             "shape": [24, 28, 24],
             "effect_size": 2.0,
-        }
+        },
     },
     "split": {"n_splits": 1, "validation_fraction": 0.3},
     "train": {"save_epochs": []},
@@ -75,6 +82,8 @@ def search(tmp_path_factory):
         options = json.loads((launch / f"job-{job}" / "options.json").read_text())
         runs[(options["mode"], options["network_type"])] = launch / f"job-{job}" / "maps"
     assert set(runs) == WANTED
+    manifest = pd.read_csv(workdir / "results/data/cache/train/manifest.tsv", sep="\t")
+    assert all("/synthetic/caps/subjects/" in image for image in manifest["image"])
     return workdir, launch, runs
 
 
@@ -98,6 +107,9 @@ def test_part_rows_are_kept_beside_image_rows(search, run):
     dataset = json.loads(maps.training.data.train.splits[0].dataset_json.read_text())
     extraction = dataset["extraction"]
     assert extraction["extract_method"] == mode and dataset["network_type"] == network_type
+    assert [t["name"] for t in dataset["transforms"]["augmentations"]] == ["Noise"]
+    loader = json.loads(maps.training.data.train.splits[0].dataloader_json.read_text())
+    assert loader["sampling_weights"] == "sampling_weight"
     n_parts = extraction["n_parts"]
     files = maps.split(0).models.best_models.metrics["loss"].validation_metrics
     images = pd.read_csv(files.details_tsv, sep="\t")
