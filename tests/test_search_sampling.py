@@ -114,11 +114,14 @@ def test_scalars_of_sampled_keys_are_fixed_and_exponent_scalars_convert():
     assert run["n_convblocks"] == 2 and run["n_conv"] == [1, 1]
 
 
-def test_unknown_keys_list_is_choice_scalar_is_fixed():
-    space = {**MINIMAL, "my_flag": "x", "my_pick": ["a", "b", "c"]}
-    runs = draws(space, 100)
-    assert {run["my_flag"] for run in runs} == {"x"}
-    assert {run["my_pick"] for run in runs} == {"a", "b", "c"}
+def test_an_unknown_key_is_refused_naming_it_and_the_closest_known_one():
+    """A key that would change nothing in the runs stops the search (nothing silently ignored)."""
+    with pytest.raises(
+        UserError, match=r"unknown key 'learning_rte': did you mean 'learning_rate'"
+    ):
+        validate_space({**MINIMAL, "learning_rte": [2, 4]})
+    with pytest.raises(UserError, match=r"unknown key 'my_flag': a key this workflow"):
+        validate_space({**MINIMAL, "my_flag": "x"})
 
 
 def test_defaults_fill_missing_optional_keys():
@@ -285,7 +288,8 @@ def test_results_are_json_serialisable_plain_types():
         ({"wd_bool": "yes"}, ["'wd_bool'", "true or false"]),
         ({"channels_limit": 0}, ["'channels_limit'", ">= 1"]),
         ({"dropout": [0, 1.5]}, ["'dropout'", "[0, 1]"]),
-        ({"my_option": []}, ["'my_option'", "empty list"]),
+        ({"d_reduction": []}, ["'d_reduction'", "empty list"]),
+        ({"my_option": 1}, ["unknown key 'my_option'", "remove it"]),
     ],
 )
 def test_validation_errors_name_the_key(change, fragments):

@@ -373,6 +373,18 @@ def validate_space(space: Mapping[str, Any], source: str = "random_search.json")
         raise UserError(
             f"{source}: mandatory {noun} {names} missing; add {pronoun}, e.g. {examples}"
         )
+    unknown = [key for key in space if key not in SAMPLING_FUNCTIONS]
+    if unknown:
+        import difflib
+
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(SAMPLING_FUNCTIONS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UserError(
+            f"{source}: unknown key '{key}': {hint}a key this workflow does not know would "
+            f"change nothing in the runs; remove it, or use one of ClinicaDL's random-search "
+            f"keys: {', '.join(sorted(SAMPLING_FUNCTIONS))}"
+        )
     bad_keys = {error.path[0] for error in _VALIDATOR.iter_errors(dict(space)) if error.path}
     for key, value in space.items():
         if key in bad_keys:
