@@ -351,13 +351,6 @@ def _show(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def sampling_function(key: str, value: Any) -> str:
-    """The sampling function of ``key`` (unknown keys: ``choice`` for a list, else ``fixed``)."""
-    if key in SAMPLING_FUNCTIONS:
-        return SAMPLING_FUNCTIONS[key]
-    return "choice" if isinstance(value, list) else "fixed"
-
-
 def validate_space(space: Mapping[str, Any], source: str = "random_search.json") -> None:
     """Raise ``UserError`` naming the key and the problem when ``space`` is not valid."""
     if not isinstance(space, Mapping):
@@ -391,7 +384,7 @@ def validate_space(space: Mapping[str, Any], source: str = "random_search.json")
             function = SAMPLING_FUNCTIONS[key]
             expected = _value_description(function, _ITEMS[key][1])
             raise UserError(f"{source}: '{key}' must be {expected}, got {_show(value)}")
-        function = sampling_function(key, value)
+        function = SAMPLING_FUNCTIONS[key]
         if function in ("uniform", "exponent", "randint") and isinstance(value, list):
             low, high = value
             if low > high:
@@ -457,13 +450,11 @@ def _draw(function: str, value: Any, rng: np.random.Generator) -> Any:
 
 
 def _sample(space: Mapping[str, Any], seed: int) -> dict[str, Any]:
-    merged = {**DEFAULTS, **space}
-    known = [key for key in SAMPLING_FUNCTIONS if key in merged]
-    keys = known + [key for key in merged if key not in SAMPLING_FUNCTIONS]
+    merged = {**DEFAULTS, **space}  # validate_space refused any key not in SAMPLING_FUNCTIONS
     options: dict[str, Any] = {}
-    for key in keys:
+    for key in (key for key in SAMPLING_FUNCTIONS if key in merged):
         value = merged[key]
-        function = sampling_function(key, value)
+        function = SAMPLING_FUNCTIONS[key]
         rng = _key_rng(seed, key)
         if key == "n_conv":
             n_blocks = options["n_convblocks"]
