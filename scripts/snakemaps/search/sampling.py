@@ -13,7 +13,7 @@ generate`` reads it. Each known key has one sampling function
   a scalar is used as is.
 - ``fixed``: the value is used as is, lists included (``diagnoses``).
 
-Unknown keys are kept: a list is a ``choice``, anything else is fixed.
+A key not in SAMPLING_FUNCTIONS stops the search, naming it and the closest known key.
 Missing optional keys take ``DEFAULTS`` (ClinicaDL's). ``MANDATORY`` keys are
 the ones this workflow needs (``epochs``, ``n_convblocks``,
 ``first_conv_width``, ``n_fcblocks``); ClinicaDL's ``mode`` and
