@@ -191,3 +191,18 @@ def test_random_search_maps_the_three_keys():
     assert off["train"]["data_augmentation"] == []
     with pytest.raises(UserError, match="random_search.json data_augmentation"):
         to_config_overrides(sample_options({**space, "data_augmentation": ["Zoom"]}, 0))
+
+
+def test_a_multicnn_part_index_channel_is_not_augmented():
+    """multicnn routes each sample by its last channel (the part index): augmentation keeps it."""
+    images = torch.rand(3, 2, 12, 12, 12)
+    images[:, -1] = torch.tensor([0.0, 1.0, 2.0])[:, None, None, None]
+    names = ["Noise", "CropPad", "Smoothing"]
+    kept = Augmentation(names, seed=0, keep_last_channel=True)(images, 1, [0, 1, 2])
+    assert torch.equal(kept[:, -1], images[:, -1])
+    assert not torch.equal(kept[:, :-1], images[:, :-1])
+    # The image channels get the same draw as an image without the index channel.
+    alone = Augmentation(names, seed=0)(images[:, :-1].contiguous(), 1, [0, 1, 2])
+    assert torch.equal(kept[:, :-1], alone)
+    changed = Augmentation(names, seed=0)(images, 1, [0, 1, 2])
+    assert not torch.equal(changed[:, -1], images[:, -1])
