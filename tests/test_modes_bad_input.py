@@ -37,8 +37,18 @@ def test_patch_larger_than_the_image(tmp_path):
             ["'voxel' is not one of ['image', 'patch', 'roi', 'slice']", "mode"],
         ),
         ({"mode": "image"}, {"network_type": "multicnn"}, ["model.network_type: multicnn"]),
+        (
+            {"mode": "slice", "task": "reconstruction"},
+            {"network_type": "autoencoder"},
+            ["model.network_type: autoencoder reconstructs whole images", "data.mode is 'slice'"],
+        ),
     ],
-    ids=["slice-direction-out-of-range", "unknown-mode", "multicnn-on-images"],
+    ids=[
+        "slice-direction-out-of-range",
+        "unknown-mode",
+        "multicnn-on-images",
+        "autoencoder-on-slices",
+    ],
 )
 def test_mode_settings_refused_at_start(tmp_path, data, model, fragments):
     table = write_table(tmp_path, cohort("A", 3))
