@@ -174,9 +174,10 @@ def check_datasets(specs):
 
     try:
         for key, settings in specs.values():
-            if digest(settings) not in CHECKED_DATASETS:
+            checked = digest(settings)
+            if checked not in CHECKED_DATASETS:
                 check_dataset(key, settings, DATA_DIR)
-                CHECKED_DATASETS.add(digest(settings))
+                CHECKED_DATASETS.add(checked)
     except UserError as error:
         raise WorkflowError(str(error)) from None
 
