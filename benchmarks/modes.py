@@ -76,9 +76,25 @@ def child(work: Path, manifest: Path, mode: str, epochs: int, cohort: Mapping[st
     finally:
         T.Trainer.__init__ = original
     row.update(held)
-    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mib"] = peak_rss_mib()
     row["data_wait_share"] = row["data_wait_s"] / row["fit_s"]
     return row
+
+
+def peak_rss_mib() -> float:
+    """This process's own peak resident memory.
+
+    Linux's ``VmHWM`` is the high-water mark of the process's current memory
+    map, made anew by ``exec``. ``ru_maxrss`` is not enough: ``exec`` keeps
+    the larger of the old map's mark, so a child spawned (vfork) by a large
+    ``benchmarks/run.py`` reports its parent's peak.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def modes_benchmark(work: Path, cohort: Mapping[str, Path], epochs: int, log: Any) -> list[Result]:
