@@ -1,6 +1,6 @@
-"""Rule test: the saved models of one split evaluated on one test group."""
+"""Rule test: every split's saved models evaluated on one test group, then its summaries."""
 
-from snakemaps.evaluate import evaluate_test_group, saved_models
+from snakemaps.evaluate import saved_models, test_group
 from snakemaps.steps import run_step
 
 
@@ -8,11 +8,12 @@ def main(smk):
     train = smk.params.train
     run_step(
         smk,
-        evaluate_test_group,
+        test_group,
         maps_dir=smk.wildcards.maps,
         group=smk.wildcards.group,
-        split=int(smk.wildcards.split),
+        splits=smk.params.splits,
         models=saved_models(train),
+        metrics=smk.params.metrics,
         device=train["device"],
         batch_size=train["batch_size"],
         threads=smk.threads,

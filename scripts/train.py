@@ -11,7 +11,7 @@ from snakemaps.train import train_split
 
 
 def main(smk):
-    maps_dir = smk.input.model.removesuffix("/model.json")
+    maps_dir = smk.wildcards.maps
     marker = smk.params.failure_marker  # <launch_dir>/job-<i>/failed.txt in a random search
     run_step(
         smk,

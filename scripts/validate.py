@@ -1,6 +1,6 @@
-"""Rule validate: every saved model of a split evaluated on its validation set."""
+"""Rule validate: every saved model of every split evaluated on its validation set."""
 
-from snakemaps.evaluate import saved_models, validate_checkpoints
+from snakemaps.evaluate import saved_models, validate_splits
 from snakemaps.steps import run_step
 
 
@@ -8,9 +8,9 @@ def main(smk):
     train = smk.params.train
     run_step(
         smk,
-        validate_checkpoints,
+        validate_splits,
         maps_dir=smk.wildcards.maps,
-        split=int(smk.wildcards.split),
+        splits=smk.params.splits,
         models=saved_models(train),
         device=train["device"],
         batch_size=train["batch_size"],

@@ -226,9 +226,9 @@ def test_demo_maps_complete_through_slurm(run):
     assert all(not r["slurm_job_id"] for r in records if r not in submitted), records
     rules = sorted(p.name for p in (run.workdir / ".snakemake/slurm_logs").iterdir())
     assert rules == ["rule_test", "rule_train"], rules
-    # one sbatch per train and test job, plus the retries of the two faults
+    # one sbatch per train job and one for the test group, plus the retries of the two faults
     submissions = re.findall(r"has been submitted with SLURM jobid", run.output)
-    assert len(submissions) == 2 + 2 + 2, run.output[-5000:]
+    assert len(submissions) == 2 + 1 + 2, run.output[-5000:]
     for split in (CANCELLED, TIMED_OUT):
         assert len(maps.open_file(maps.split(split).validation_metrics.aggregated_tsv)) == 8
         assert checkpoints(split, run.workdir) == []

@@ -254,8 +254,7 @@ def test_test_group_added_changed_or_removed_trains_nothing(demo, tmp_path):
     group_jobs = {
         "prepare": 1,
         "register_test_group": 1,
-        "test": 2,
-        "summarize_test": 1,
+        "test": 1,
         "report_test_metrics": 1,
         "report_test_figure": 3,
         "all": 1,

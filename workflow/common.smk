@@ -42,6 +42,9 @@ POSITIVE_CLASS = config["data"]["positive_class"] or ("AD" if SYNTHETIC else Non
 # Epoch checkpoints (train.save_epochs) are evaluated by the same jobs.
 MODEL_NAMES = [f"best-{metric}" for metric in MONITOR] + ["final"]
 MODEL_DIRS = [f"best_models/best-{metric}" for metric in MONITOR] + ["final"]
+# Every experiment of this workflow (maps_dir and each random-search run) has
+# the config's splits: rules validate and test declare all of them.
+SPLITS = list(range(config["split"]["n_splits"]))
 # The experiments of this run, by MAPS directory; random search adds its runs.
 EXPERIMENTS = {MAPS_DIR: config}
 # One GPU per torch job where a GPU is visible; profiles may override.
@@ -94,16 +97,6 @@ def check_modes(settings, where=""):
 
 
 check_modes(config)
-
-
-def voting_references(wildcards):
-    """The validation of a split's models, whose parts' accuracies weigh a test's vote."""
-    if experiment(wildcards.maps)["data"]["mode"] == "image":
-        return []
-    return [
-        f"{wildcards.maps}/training/split-{wildcards.split}/models/{d}/validation_metrics/aggregated.tsv"
-        for d in MODEL_DIRS
-    ]
 
 
 def train_processes(wildcards):
@@ -220,7 +213,8 @@ def exp(wildcards):
 
 
 def splits(maps):
-    return list(range(experiment(maps)["split"]["n_splits"]))
+    """The splits of a MAPS: the config's for every experiment (checked for each run)."""
+    return SPLITS
 
 
 def table_of(wildcards):
@@ -278,23 +272,34 @@ def transfer_source(wildcards):
     return str(model)
 
 
-def trained_models(wildcards):
-    return [
-        f"{wildcards.maps}/training/split-{wildcards.split}/models/{d}/model.pt"
-        for d in MODEL_DIRS
-    ]
+# A job writes all its outputs or none, and Snakemake checks every output of a
+# job it plans: one output stands for the job. A rule downstream of many jobs
+# takes one file of each, which keeps the DAG of a 1,000-run search cheap to
+# plan (every input file is matched against every rule's outputs).
 
 
-def group_results_of(maps, group):
-    return [
-        f"{maps}/test/group-{group}/results/split-{k}/{model}/metrics/aggregated.tsv"
-        for k in splits(maps)
-        for model in MODEL_NAMES
-    ]
+def trained_splits(wildcards):
+    """One model of every split's train job: rule validate reads them all."""
+    return [f"{wildcards.maps}/training/split-{k}/models/final/model.pt" for k in SPLITS]
+
+
+def validated(maps):
+    """One output of the validate job of ``maps``: all its splits are trained and validated."""
+    return f"{maps}/training/split-0/models/final/validation_metrics/aggregated.tsv"
+
+
+def validated_maps(wildcards):
+    """Rule test reads every split's models and, for soft voting, their validation."""
+    return validated(wildcards.maps)
 
 
 def group_results(wildcards):
-    return group_results_of(wildcards.maps, wildcards.group)
+    """Every split's test results of one group: what its summaries and figures read."""
+    return [
+        f"{wildcards.maps}/test/group-{wildcards.group}/results/split-{k}/{model}/metrics/aggregated.tsv"
+        for k in SPLITS
+        for model in MODEL_NAMES
+    ]
 
 
 def interpreted_model(wildcards):
@@ -425,6 +430,11 @@ def random_search_runs():
             raise WorkflowError(
                 f"random search {job}: sampled config is invalid at {where}: {error.message}"
             )
+        if experiment["split"]["n_splits"] != len(SPLITS):
+            raise WorkflowError(
+                f"random search {job}: split.n_splits is {experiment['split']['n_splits']}, "
+                f"the config's is {len(SPLITS)}; every run of a search has the config's splits"
+            )
         demo_group = test_groups().get("test", "").startswith(f"{DATA_DIR}/synthetic/")
         if demo_group and experiment["data"]["tsv"] is not None:
             raise WorkflowError(
@@ -475,26 +485,19 @@ def random_search_maps_not_failed():
 
 
 def random_search_test_summaries(wildcards):
-    """Every test group evaluated on every run's MAPS that did not fail."""
+    """Every test group evaluated on every run's MAPS that did not fail (one summary per job)."""
     return [
-        f"{maps}/test/group-{group}/summary-{metric}.tsv"
+        f"{maps}/test/group-{group}/summary-{MONITOR[0]}.tsv"
         for maps in random_search_maps_not_failed()
         for group in test_groups()
-        for metric in MONITOR
     ]
 
 
 def random_search_inputs(wildcards):
-    """Every run's options, and the validated best models of the runs that did not fail."""
+    """Every run's options, and the validation of the runs that did not fail (one file each)."""
     inputs = [f"{LAUNCH_DIR}/random_search.json"]
     inputs += [f"{LAUNCH_DIR}/{job}/options.json" for job in random_search_runs()]
-    for maps in random_search_maps_not_failed():
-        inputs += [
-            f"{maps}/training/split-{k}/models/best_models/best-{metric}/validation_metrics/aggregated.tsv"
-            for k in splits(maps)
-            for metric in SELECTION_METRICS
-        ]
-    return inputs
+    return inputs + [validated(maps) for maps in random_search_maps_not_failed()]
 
 
 def project_lock_files(wildcards):
@@ -528,7 +531,6 @@ LOCAL_RULES = [
     "split",
     "validate",
     "register_test_group",
-    "summarize_test",
     "environment",
     "random_search",
     "sample_random_search",

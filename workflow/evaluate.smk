@@ -1,16 +1,20 @@
 # Stages 3 and 4: evaluate saved models on validation sets and test groups.
 
 
+# One validate job per MAPS, and one test job per MAPS and group, for every
+# split: each reads the split's models in turn. Fewer, larger jobs keep the DAG
+# of a 1,000-run search small; a rerun skips what is already evaluated.
 rule validate:
     input:
-        trained_models,
+        trained_splits,
     output:
         expand(
-            "{{maps}}/training/split-{{split}}/models/{model}/validation_metrics/aggregated.tsv",
+            "{{maps}}/training/split-{split}/models/{model}/validation_metrics/aggregated.tsv",
+            split=SPLITS,
             model=MODEL_DIRS,
         ),
     log:
-        "logs/{maps}/validate_split-{split}.log",
+        "logs/{maps}/validate.log",
     conda:
         "../envs/snakemaps.yaml"
     threads: 1
@@ -20,6 +24,7 @@ rule validate:
         runtime=60,
     params:
         train=lambda wildcards: exp(wildcards)["train"],
+        splits=SPLITS,
     script:
         "../scripts/validate.py"
 
@@ -50,16 +55,18 @@ rule register_test_group:
 rule test:
     input:
         group="{maps}/test/group-{group}/data.tsv",
-        models=trained_models,
-        # Soft voting (patch, roi, slice) weighs parts by their validation accuracy.
-        validation=voting_references,
+        # Every split's models, and their validation: soft voting (patch, roi,
+        # slice) weighs parts by their validation accuracy.
+        validated=validated_maps,
     output:
-        expand(
-            "{{maps}}/test/group-{{group}}/results/split-{{split}}/{model}/metrics/aggregated.tsv",
+        results=expand(
+            "{{maps}}/test/group-{{group}}/results/split-{split}/{model}/metrics/aggregated.tsv",
+            split=SPLITS,
             model=MODEL_NAMES,
         ),
+        summaries=expand("{{maps}}/test/group-{{group}}/summary-{metric}.tsv", metric=MONITOR),
     log:
-        "logs/{maps}/test_group-{group}_split-{split}.log",
+        "logs/{maps}/test_group-{group}.log",
     conda:
         "../envs/snakemaps.yaml"
     threads: 1
@@ -69,21 +76,7 @@ rule test:
         runtime=60,
     params:
         train=lambda wildcards: exp(wildcards)["train"],
-    script:
-        "../scripts/test.py"
-
-
-rule summarize_test:
-    input:
-        group_results,
-    output:
-        expand("{{maps}}/test/group-{{group}}/summary-{metric}.tsv", metric=MONITOR),
-    log:
-        "logs/{maps}/summarize_test-{group}.log",
-    conda:
-        "../envs/snakemaps.yaml"
-    params:
-        splits=lambda wildcards: splits(wildcards.maps),
+        splits=SPLITS,
         metrics=MONITOR,
     script:
-        "../scripts/summarize_test.py"
+        "../scripts/test.py"

@@ -5,8 +5,8 @@
 
 rule train:
     input:
+        # model.json and the other MAPS files are written by the same split job.
         manifest="{maps}/training/data/split_manifest.json",
-        model="{maps}/model.json",
         transfer_source=transfer_source,
     output:
         final="{maps}/training/split-{split}/models/final/model.pt",

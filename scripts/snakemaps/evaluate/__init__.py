@@ -191,6 +191,25 @@ def validate_checkpoints(
     return written
 
 
+def validate_splits(
+    maps_dir: str | Path,
+    splits: Sequence[int],
+    models: Sequence[str],
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    threads: int = 1,
+) -> list[Path]:
+    """:func:`validate_checkpoints` for each split in turn (rule validate, one job per MAPS)."""
+    written = []
+    for done, split in enumerate(splits, start=1):
+        written += validate_checkpoints(
+            maps_dir, split, models, device=device, batch_size=batch_size, threads=threads
+        )
+        logger.info("split-%d validated (%d/%d splits)", split, done, len(splits))
+    return written
+
+
 def _mode(maps_dir: str | Path) -> str:
     from ..data.extraction import recorded
 
@@ -328,6 +347,27 @@ def evaluate_test_group(
         Maps.save_file(pd.DataFrame([values]), result.metrics.aggregated_tsv, overwrite=True)
         written.append(result.metrics.aggregated_tsv)
     return written
+
+
+def test_group(
+    maps_dir: str | Path,
+    group: str,
+    splits: Sequence[int],
+    models: Sequence[str],
+    metrics: Sequence[str],
+    *,
+    device: str = "auto",
+    batch_size: int = 8,
+    threads: int = 1,
+) -> list[Path]:
+    """Rule test (one job per MAPS and group): every split's models, then the summaries."""
+    written = []
+    for done, split in enumerate(splits, start=1):
+        written += evaluate_test_group(
+            maps_dir, group, split, models, device=device, batch_size=batch_size, threads=threads
+        )
+        logger.info("group-%s: split-%d tested (%d/%d splits)", group, split, done, len(splits))
+    return written + [summarize_group(maps_dir, group, metric, splits) for metric in metrics]
 
 
 def summarize_group(maps_dir: str | Path, group: str, metric: str, splits: Sequence[int]) -> Path:
