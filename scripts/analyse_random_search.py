@@ -1,4 +1,4 @@
-"""Rule analyse_random_search: analysis_balanced_accuracy.tsv, analysis_loss.tsv, ranked_runs.tsv."""
+"""Rule analyse_random_search: ranked_runs.tsv, and the threshold tables of a classification search."""
 
 from pathlib import Path
 
@@ -14,6 +14,7 @@ def main(smk):
         launch_dir=Path(smk.output.ranked).parent,
         job_maps={job: Path(experiment["maps_dir"]) for job, (_, experiment) in runs.items()},
         options_by_run={job: options for job, (options, _) in runs.items()},
+        task=smk.params.task,
     )
 
 

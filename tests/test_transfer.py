@@ -167,18 +167,24 @@ def test_random_search_keys_map_onto_train_transfer_learning(tmp_path):
         sample_options({**space, "transfer_learning_selection": "best_auc"}, 0)
 
 
-def test_a_sampled_autoencoder_in_a_classification_search_is_refused_naming_the_fix():
-    run = {
-        "data": {"task": "reconstruction"},
+def test_a_sampled_network_of_another_task_is_refused_naming_the_fix():
+    autoencoder = {
+        "data": {"task": "classification"},
         "model": {"network_type": "autoencoder"},
-        "train": {"monitor": ["loss"]},
+        "train": {"monitor": ["loss", "BalancedAccuracy"]},
     }
-    with pytest.raises(UserError, match="random search job-3: the sampled network_type"):
-        check_search_run("job-3", run, "classification")
-    half = {**run, "data": {"task": "classification"}}
-    with pytest.raises(UserError, match="random search job-3: model.network_type"):
-        check_search_run("job-3", half, "classification")
-    check_search_run("job-0", {**half, "model": {}}, "classification")
+    with pytest.raises(
+        UserError,
+        match="random search job-3: network_type 'autoencoder' was "
+        "sampled, but this search's data.task is 'classification'.*set data.task: "
+        "reconstruction and model.network_type: autoencoder",
+    ):
+        check_search_run("job-3", autoencoder, "classification")
+    cnn = {**autoencoder, "data": {"task": "reconstruction"}, "model": {"network_type": "cnn"}}
+    with pytest.raises(UserError, match="'cnn' was sampled.*trains autoencoders only"):
+        check_search_run("job-1", cnn, "reconstruction")
+    check_search_run("job-0", {**autoencoder, "model": {}}, "classification")
+    check_search_run("job-2", {**cnn, "model": {"network_type": "autoencoder"}}, "reconstruction")
 
 
 def test_cnn_to_cnn_transfer_copies_every_parameter(tmp_path):

@@ -280,7 +280,9 @@ def transfer_source(wildcards):
 
 def trained_splits(wildcards):
     """One model of every split's train job: rule validate reads them all."""
-    return [f"{wildcards.maps}/training/split-{k}/models/final/model.pt" for k in SPLITS]
+    return [
+        f"{wildcards.maps}/training/split-{k}/models/final/model.pt" for k in SPLITS
+    ]
 
 
 def validated(maps):
@@ -373,8 +375,15 @@ def maps_targets(maps):
 
 RANDOM_SEARCH = config["random_search"]
 RANDOM_SEARCH_JOBS = [f"job-{i}" for i in range(RANDOM_SEARCH["n_runs"])]
-# The analysis reads the validation of these best models.
-SELECTION_METRICS = ["BalancedAccuracy", "loss"]
+# The analysis reads the validation of these best models (by task: balanced
+# accuracy and loss for classification, loss otherwise) and writes these files.
+from snakemaps.search.analysis import analysis_files, selection_metrics
+
+SEARCH_TASK = config["data"]["task"]
+SELECTION_METRICS = selection_metrics(SEARCH_TASK)
+ANALYSIS_OUTPUTS = {
+    kind: f"{{launch}}/{name}" for kind, name in analysis_files(SEARCH_TASK).items()
+}
 
 
 def space_source():
@@ -404,15 +413,12 @@ def random_search_runs():
     from snakemaps.search.launch import run_configs
     from snakemaps.search.sampling import load_space
 
-    if config["data"]["task"] != "classification":
-        raise WorkflowError(
-            "random search analyses classification runs (balanced accuracy and loss); "
-            f"data.task is {config['data']['task']}. Set data.task: classification or run "
-            "the experiments one by one."
-        )
     missing = [m for m in SELECTION_METRICS if m not in MONITOR]
     if missing:
-        raise WorkflowError(f"random search needs train.monitor to include {missing}")
+        raise WorkflowError(
+            f"a {SEARCH_TASK} random search ranks its runs by the validation of "
+            f"best-{SELECTION_METRICS[0]}: add {missing} to train.monitor"
+        )
     try:
         space = load_space(space_source())
         runs = run_configs(

@@ -64,7 +64,9 @@ rule test:
             split=SPLITS,
             model=MODEL_NAMES,
         ),
-        summaries=expand("{{maps}}/test/group-{{group}}/summary-{metric}.tsv", metric=MONITOR),
+        summaries=expand(
+            "{{maps}}/test/group-{{group}}/summary-{metric}.tsv", metric=MONITOR
+        ),
     log:
         "logs/{maps}/test_group-{group}.log",
     conda:

@@ -6,9 +6,9 @@
 
 rule random_search:
     input:
-        f"{LAUNCH_DIR}/analysis_balanced_accuracy.tsv",
-        f"{LAUNCH_DIR}/analysis_loss.tsv",
-        f"{LAUNCH_DIR}/ranked_runs.tsv",
+        # analysis_balanced_accuracy.tsv, analysis_loss.tsv (classification) and
+        # ranked_runs.tsv: what snakemaps.search.analysis writes for data.task.
+        [path.format(launch=LAUNCH_DIR) for path in ANALYSIS_OUTPUTS.values()],
         f"reports/{LAUNCH_DIR}/ranked_runs.png",
         random_search_test_summaries,
 
@@ -32,15 +32,14 @@ rule analyse_random_search:
     input:
         random_search_inputs,
     output:
-        balanced_accuracy="{launch}/analysis_balanced_accuracy.tsv",
-        loss="{launch}/analysis_loss.tsv",
-        ranked="{launch}/ranked_runs.tsv",
+        **ANALYSIS_OUTPUTS,
     log:
         "{launch}/logs/analyse_random_search.log",
     conda:
         "../envs/snakemaps.yaml"
     params:
         runs=lambda wildcards: random_search_runs(),
+        task=SEARCH_TASK,
     script:
         "../scripts/analyse_random_search.py"
 

@@ -55,18 +55,41 @@ def check_network_task(model: Mapping[str, Any], task: str) -> None:
 
 
 def check_search_run(job: str, experiment: Mapping[str, Any], task: str) -> None:
-    """A random-search run must be of the search's task (its rules and analysis are)."""
+    """A random-search run must be of the search's task (its rules and analysis are).
+
+    Every run has the config's ``data.task``: the rules declare the best models
+    of its ``train.monitor``, and the analysis ranks the runs by one metric
+    (balanced accuracy for classification, loss otherwise). A sampled
+    ``network_type`` of another task stops the search with the fix.
+    """
     run_task = experiment["data"]["task"]
+    network_type = (experiment.get("model") or {}).get("network_type", "cnn")
+    if run_task == task and (network_type == "autoencoder") != (task == "reconstruction"):
+        if task == "reconstruction":
+            fix = (
+                "a reconstruction search trains autoencoders only: set network_type to "
+                '"autoencoder" in random_search.json, or search the CNNs with data.task: '
+                "classification (sampling transfer_learning_path to start them from an "
+                "autoencoder)"
+            )
+        else:
+            fix = (
+                "to search autoencoders, set data.task: reconstruction and "
+                "model.network_type: autoencoder in the config (the runs are then ranked by "
+                "their validation loss); to start the CNNs from an autoencoder, train it first "
+                "and sample transfer_learning_path"
+            )
+        raise UserError(
+            f"random search {job}: network_type {network_type!r} was sampled, but this "
+            f"search's data.task is {task!r}: every run of a search has the config's task. "
+            f"Fix: {fix}"
+        )
     try:
         check_network_task(experiment.get("model") or {}, run_task)
     except UserError as error:
         raise UserError(f"random search {job}: {error}") from None
     if run_task != task:
         raise UserError(
-            f"random search {job}: the sampled network_type makes it a {run_task} run, but "
-            f"this search trains and ranks {task} runs (the best models of train.monitor "
-            f"{list(experiment['train']['monitor'] or [])}, ranked by balanced accuracy). "
-            "Leave autoencoder out of network_type in random_search.json: train the "
-            "autoencoder as an experiment of its own, then sample transfer_learning_path "
-            "to start the search's CNNs from it"
+            f"random search {job}: its data.task is {run_task!r}, but this search trains and "
+            f"ranks {task!r} runs; every run of a search has the config's data.task"
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
@@ -819,18 +820,25 @@ and the machine facts in <code>env/system.json</code>.</p>
 
 
 def random_search_ranking(ranked_tsv: str | Path, out: str | Path) -> Path:
-    """Each random-search run's validation balanced accuracy (mean ± std over splits), ranked."""
+    """Each random-search run's ranking metric (mean ± std over splits), best run at the top.
+
+    A classification search is ranked by validation balanced accuracy; a
+    search of another task by the validation loss of its best-loss models.
+    """
+    path = Path(ranked_tsv)
+    header = pd.read_csv(path, sep="\t", nrows=0).columns if path.is_file() else []
+    metric = "BalancedAccuracy" if "BalancedAccuracy_mean" in header or not len(header) else "loss"
     frame = _read_tsv(
-        Path(ranked_tsv),
+        path,
         "the random search's ranked table, written by rule analyse_random_search",
-        ["job", "status", "BalancedAccuracy_mean"],
+        ["job", "status", f"{metric}_mean"],
     )
     frame = frame.iloc[::-1].reset_index(drop=True)  # best run at the top
     fig = _new_figure(7.5, 1.2 + 0.35 * len(frame))
     ax = fig.add_subplot()
     done = frame["status"] == "done"
-    means = frame["BalancedAccuracy_mean"].where(done, 0.0).astype(float)
-    stds = frame.get("BalancedAccuracy_std", pd.Series(0.0, index=frame.index))
+    means = pd.to_numeric(frame[f"{metric}_mean"], errors="coerce").where(done, 0.0)
+    stds = frame.get(f"{metric}_std", pd.Series(0.0, index=frame.index))
     stds = pd.to_numeric(stds, errors="coerce").fillna(0.0).where(done, 0.0)
     ax.barh(
         frame.index,
@@ -839,20 +847,28 @@ def random_search_ranking(ranked_tsv: str | Path, out: str | Path) -> Path:
         color=["tab:blue" if d else "lightgrey" for d in done],
         capsize=3,
     )
+    top = float(means.max()) if done.any() and metric == "loss" else 1.0
+    top = top if math.isfinite(top) and top > 0 else 1.0
     for i, (is_done, mean) in enumerate(zip(done, means)):
         ax.text(
-            min(mean, 0.98) + 0.01 if is_done else 0.01,
+            min(mean, 0.98 * top) + 0.01 * top if is_done else 0.01 * top,
             i,
-            f"{mean:.3f}" if is_done else "not run",
+            f"{mean:.3g}" if is_done else "not run",
             va="center",
             fontsize=8,
         )
     ax.set_yticks(frame.index, frame["job"])
-    ax.axvline(0.5, color="grey", linestyle=":", linewidth=1, label="chance (2 classes)")
-    ax.set_xlim(0, 1.05)
-    ax.set_xlabel(
-        "validation balanced accuracy of the best-BalancedAccuracy model (mean ± std over splits)"
-    )
-    ax.set_title("Random search: runs ranked by validation balanced accuracy")
-    ax.legend(loc="lower right", fontsize=8)
+    if metric == "BalancedAccuracy":
+        ax.axvline(0.5, color="grey", linestyle=":", linewidth=1, label="chance (2 classes)")
+        ax.set_xlim(0, 1.05)
+        ax.legend(loc="lower right", fontsize=8)
+        ax.set_xlabel(
+            "validation balanced accuracy of the best-BalancedAccuracy model "
+            "(mean ± std over splits)"
+        )
+        ax.set_title("Random search: runs ranked by validation balanced accuracy")
+    else:
+        ax.set_xlim(0, 1.15 * top)
+        ax.set_xlabel("validation loss of the best-loss model (mean ± std over splits)")
+        ax.set_title("Random search: runs ranked by validation loss (lowest first)")
     return _save_figure(fig, out)

@@ -1,6 +1,7 @@
 """Analyse a random search: which runs trained, and how well (``clinicadl random-search analysis``).
 
-``write_analysis`` writes three TSVs into the launch directory:
+``write_analysis`` writes three TSVs into the launch directory of a
+classification search:
 
 - ``analysis_balanced_accuracy.tsv``: the best-BalancedAccuracy model of each
   split of each run.
@@ -10,6 +11,11 @@
 - ``ranked_runs.tsv``: one row per run with its sampled options and the mean
   and std over splits of every validation metric of its best-BalancedAccuracy
   models, best balanced accuracy first.
+
+A search of another task (``data.task: reconstruction``, an autoencoder per
+run, or ``regression``) has no balanced accuracy: it writes ``ranked_runs.tsv``
+alone, from each split's best-loss model, lowest mean loss first
+(``SELECTION``, ``analysis_files``).
 
 The threshold tables resolve an ambiguity of ClinicaDL's documentation (its
 first column is called ``run`` but holds the job name, while the text says
@@ -50,6 +56,23 @@ ANALYSIS_FILES = {
     "loss": "analysis_loss.tsv",
     "ranked": "ranked_runs.tsv",
 }
+# The validation metric that ranks a search's runs, by task (the best model of
+# each split it is read from is best-<metric>).
+SELECTION = {"classification": BALANCED_ACCURACY, "regression": "loss", "reconstruction": "loss"}
+
+
+def analysis_files(task: str) -> dict[str, str]:
+    """Kind -> file name of what ``write_analysis`` writes for a search of ``task``."""
+    if task == "classification":
+        return dict(ANALYSIS_FILES)
+    return {"ranked": ANALYSIS_FILES["ranked"]}
+
+
+def selection_metrics(task: str) -> list[str]:
+    """The best models whose validation the analysis of a ``task`` search reads."""
+    return [BALANCED_ACCURACY, "loss"] if task == "classification" else ["loss"]
+
+
 # Columns of a validation aggregated.tsv that index rows rather than hold metrics.
 _INDEX_COLUMNS = {"epoch", "iteration", "batch", "split"}
 _SPLIT_DIR = re.compile(r"split-(\d+)")
@@ -105,8 +128,11 @@ def _flat_value(value: Any) -> Any:
 def ranked_table(
     options_by_run: Mapping[str, Mapping[str, Any]],
     metrics_by_run: Mapping[str, Mapping[str, Sequence[float]] | None],
+    rank_by: str = BALANCED_ACCURACY,
 ) -> pd.DataFrame:
-    """One row per run, ranked by mean validation balanced accuracy (best first).
+    """One row per run, ranked by the mean validation ``rank_by`` (best first).
+
+    Balanced accuracy ranks highest first; ``loss`` lowest first.
 
     Columns: ``job``, ``rank`` (empty for runs that did not run), ``status``
     (``done`` / ``not run``), ``<metric>_mean`` and ``<metric>_std`` for every
@@ -119,9 +145,10 @@ def ranked_table(
         for name in metrics_by_run.get(job) or {}:
             if name not in metric_names:
                 metric_names.append(name)
-    if BALANCED_ACCURACY in metric_names:
-        metric_names.remove(BALANCED_ACCURACY)
-        metric_names.insert(0, BALANCED_ACCURACY)
+    if rank_by in metric_names:
+        metric_names.remove(rank_by)
+        metric_names.insert(0, rank_by)
+    sign = 1.0 if rank_by == "loss" else -1.0
     metric_columns = [f"{name}_{stat}" for name in metric_names for stat in ("mean", "std")]
     reserved = {"job", "rank", "status", "n_splits", *metric_columns}
 
@@ -144,8 +171,8 @@ def ranked_table(
         rows.append(row)
 
     def order(row: dict[str, Any]) -> tuple[Any, ...]:
-        score = row.get(f"{BALANCED_ACCURACY}_mean", math.nan)
-        return (row["status"] != "done", -score if math.isfinite(score) else math.inf)
+        score = row.get(f"{rank_by}_mean", math.nan)
+        return (row["status"] != "done", sign * score if math.isfinite(score) else math.inf)
 
     rows.sort(key=order)  # stable: ties keep natural job order
     rank = 0
@@ -240,14 +267,17 @@ def write_analysis(
     launch_dir: Path,
     job_maps: Mapping[str, Path],
     options_by_run: Mapping[str, Mapping[str, Any]],
+    task: str = "classification",
 ) -> dict[str, Path]:
-    """Write the three analysis TSVs into ``launch_dir``; return their paths by kind.
+    """Write the analysis TSVs into ``launch_dir``; return their paths by kind.
 
-    Kinds are the keys of ``ANALYSIS_FILES``: ``balanced_accuracy``, ``loss``
-    and ``ranked``.
+    Kinds are the keys of ``analysis_files(task)``: ``balanced_accuracy``,
+    ``loss`` and ``ranked`` for classification, ``ranked`` alone otherwise.
     """
     launch_dir = Path(launch_dir)
     jobs = sorted(set(job_maps) | set(options_by_run), key=natural_key)
+    if task != "classification":
+        return {"ranked": _write_ranked_by_loss(launch_dir, jobs, job_maps, options_by_run)}
     by_accuracy: dict[str, list[float] | None] = {}
     by_loss: dict[str, list[float] | None] = {}
     metrics: dict[str, dict[str, list[float]]] = {}
@@ -264,3 +294,25 @@ def write_analysis(
     write_tsv(paths["loss"], analysis_table(by_loss))
     write_tsv(paths["ranked"], ranked_table(options_by_run, metrics))
     return paths
+
+
+def _write_ranked_by_loss(
+    launch_dir: Path,
+    jobs: Sequence[str],
+    job_maps: Mapping[str, Path],
+    options_by_run: Mapping[str, Mapping[str, Any]],
+) -> Path:
+    """``ranked_runs.tsv`` of a search without balanced accuracy: best-loss models, lowest first."""
+    metrics: dict[str, dict[str, list[float]]] = {}
+    for job in jobs:
+        maps_dir = job_maps.get(job)
+        ran = maps_dir is not None and _has_run(launch_dir, job, maps_dir)
+        metrics[job] = collect_validation_metrics(maps_dir, "loss") if ran else {}
+        if ran and metrics[job] and "loss" not in metrics[job]:
+            raise UserError(
+                f"{maps_dir}: the validation of its best-loss models has no 'loss' column; "
+                "the random-search analysis ranks runs by it"
+            )
+    path = launch_dir / ANALYSIS_FILES["ranked"]
+    write_tsv(path, ranked_table(options_by_run, metrics, rank_by="loss"))
+    return path
