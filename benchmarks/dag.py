@@ -79,6 +79,87 @@ def bare_dry_run(work: Path, n_jobs: int, timeout: float) -> dict[str, Any]:
     return timed_dry_run(command, timeout)
 
 
+# The same number of jobs, each shaped like a train job (an input file, three
+# outputs, a log, a params function, threads, resources and a script): what
+# Snakemake itself spends on jobs of that shape, with no code of ours.
+SHAPED_SNAKEFILE = """\
+rule all:
+    input:
+        expand("shaped/{i}/final.pt", i=range(int(config["n_jobs"]) - 1)),
+
+
+rule make:
+    input:
+        "manifest.json",
+    output:
+        final="shaped/{i}/final.pt",
+        loss="shaped/{i}/best-loss.pt",
+        accuracy="shaped/{i}/best-accuracy.pt",
+    log:
+        "logs/{i}.log",
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        index=lambda wildcards: wildcards.i,
+    script:
+        "step.py"
+"""
+
+
+def shaped_dry_run(work: Path, n_jobs: int, timeout: float) -> dict[str, Any]:
+    """``snakemake -n`` of ``n_jobs`` jobs shaped like a train job (SHAPED_SNAKEFILE)."""
+    shaped = work / "shaped"
+    shaped.mkdir(exist_ok=True)
+    (shaped / "Snakefile").write_text(SHAPED_SNAKEFILE)
+    (shaped / "manifest.json").write_text("{}")
+    (shaped / "step.py").write_text("")
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(shaped / "Snakefile"),
+        "--directory",
+        str(shaped),
+        "-n",
+        "--cores",
+        "2",
+        "--quiet",
+        "rules",
+        "--config",
+        f"n_jobs={n_jobs}",
+    ]
+    return timed_dry_run(command, timeout)
+
+
+def versus_shaped(work: Path, n_runs: int, row: Mapping[str, Any], log: Any) -> Result | None:
+    """Our dry-run over Snakemake's for as many train-shaped jobs (info: Snakemake's own floor)."""
+    if row["timed_out"] or not row["jobs"]:
+        return None
+    shaped = shaped_dry_run(work, row["jobs"], timeout=max(120.0, 4 * row["seconds"]))
+    if shaped["rc"] != 0:
+        log(f"  train-shaped dry-run of {row['jobs']} jobs failed: {shaped['error']!r}")
+        return None
+    ratio = row["seconds"] / shaped["seconds"]
+    log(
+        f"  snakemake, {shaped['jobs']} train-shaped jobs: {shaped['seconds']:.1f} s ({ratio:.2f}x)"
+    )
+    return Result(
+        f"dag_vs_train_shaped_snakemake[{n_runs} runs x 5 splits]",
+        ratio,
+        "(info)",
+        None,
+        "x",
+        f"ours {row['seconds']:.1f} s vs {shaped['seconds']:.1f} s for {shaped['jobs']} jobs "
+        "shaped like a train job (input, 3 outputs, log, params function, resources, "
+        "script) and no code of ours, run right after",
+        {"ours": dict(row), "shaped": shaped, "n_runs": n_runs},
+        load_avg(),
+    )
+
+
 def versus_bare(work: Path, n_runs: int, row: Mapping[str, Any], log: Any) -> Result | None:
     """Our dry-run over bare Snakemake's for the same number of jobs, right after it.
 
@@ -168,9 +249,10 @@ def dag_benchmark(
                 )
             )
             if wired:
-                against = versus_bare(work, n_runs, row, log)
-                if against is not None:
-                    results.append(against)
+                for compare in (versus_bare, versus_shaped):
+                    against = compare(work, n_runs, row, log)
+                    if against is not None:
+                        results.append(against)
         if wired:
             results += single_job_of_search(work, single_job_runs, 600, base, log)
     if per_1000:

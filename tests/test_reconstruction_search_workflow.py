@@ -44,6 +44,8 @@ def search(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reconstruction_search")
     result = run_snakemake(workdir, "random_search", config=SEARCH)
     assert result.returncode == 0, result.stderr[-5000:]
+    # n_fcblocks is said to set no layer of an autoencoder, not dropped unsaid
+    assert "NOTE: random_search.json n_fcblocks: an autoencoder keeps" in result.stderr
     return workdir
 
 

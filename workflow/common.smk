@@ -33,6 +33,7 @@ os.environ.update(
 
 MAPS_DIR = config["maps_dir"].rstrip("/")
 LAUNCH_DIR = config["random_search"]["launch_dir"].rstrip("/")
+LAUNCH_PREFIX = f"{LAUNCH_DIR}/"
 DATA_DIR = config["data_dir"].rstrip("/")
 SYNTHETIC = config["data"]["tsv"] is None
 MONITOR = config["train"]["monitor"]
@@ -193,7 +194,8 @@ def experiment(maps):
     """The configuration of the experiment whose MAPS is ``maps``."""
     if maps in EXPERIMENTS:
         return EXPERIMENTS[maps]
-    if Path(LAUNCH_DIR) in Path(maps).parents and maps in random_search_maps():
+    # A string test, not Path parents: this runs for every job of a 1,000-run search.
+    if maps.startswith(LAUNCH_PREFIX) and maps in random_search_maps():
         return random_search_maps()[maps]
     raise WorkflowError(
         f"{maps} is not a MAPS of this workflow (maps_dir is {MAPS_DIR})"
@@ -426,6 +428,15 @@ def random_search_runs():
         )
     except UserError as error:
         raise WorkflowError(str(error)) from None
+    unused = [key for key in ("n_fcblocks", "dropout") if space.get(key)]
+    if SEARCH_TASK == "reconstruction" and unused:
+        print(
+            f"NOTE: random_search.json {' and '.join(unused)}: an autoencoder keeps the "
+            "sampled convolutions only (ClinicaDL builds it from the CNN's convolutional "
+            "part), so these set no layer; options.json records them, model.json shows "
+            "the network built",
+            file=sys.stderr,
+        )
     from snakemaps.tasks import check_search_run
 
     validator = config_validator()
