@@ -13,12 +13,15 @@ rule random_search:
         random_search_test_summaries,
 
 
+# Its outputs name the launch directory, not a wildcard: Snakemake indexes
+# outputs by the text before their first wildcard, and 1,000 options.json
+# patterns that all start with one would be tried against every file of the DAG.
 rule sample_random_search:
     output:
-        space="{launch}/random_search.json",
-        options=expand("{{launch}}/{job}/options.json", job=RANDOM_SEARCH_JOBS),
+        space=f"{LAUNCH_DIR}/random_search.json",
+        options=expand(f"{LAUNCH_DIR}/{{job}}/options.json", job=RANDOM_SEARCH_JOBS),
     log:
-        "{launch}/logs/sample_random_search.log",
+        f"{LAUNCH_DIR}/logs/sample_random_search.log",
     conda:
         "../envs/snakemaps.yaml"
     params:
