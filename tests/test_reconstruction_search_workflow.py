@@ -25,6 +25,7 @@ SPACE = {
     "n_convblocks": [2, 3],
     "first_conv_width": [4, 8],
     "channels_limit": 16,
+    "evaluation_steps": 2,
     # Mandatory in ClinicaDL's random_search.json; an autoencoder keeps the
     # CNN's convolutions only, as ClinicaDL builds it (model.json says so).
     "n_fcblocks": [1, 2],
@@ -55,6 +56,7 @@ def test_autoencoder_runs_are_ranked_by_validation_loss(search):
     assert list(ranked["status"]) == ["done", "done"]
     assert list(ranked["rank"]) == [1, 2]
     assert list(ranked["network_type"]) == ["autoencoder", "autoencoder"]
+    assert list(ranked["evaluation_steps"]) == [2, 2]
     assert ranked["loss_mean"].is_monotonic_increasing, ranked
     assert all(math.isfinite(v) for v in ranked["loss_mean"])
     # the reconstruction metrics of each best-loss model, beside the loss
@@ -76,11 +78,11 @@ def test_every_sampled_autoencoder_learns_and_is_tested(search):
         model = json.loads((maps / "model.json").read_text())
         assert model["task"] == "reconstruction"
         assert model["network"]["name_"] == "AutoEncoder"
-        logged = pd.read_csv(
-            maps / "training/split-0/validation_metrics/aggregated.tsv", sep="\t"
-        )
+        logged = pd.read_csv(maps / "training/split-0/validation_metrics/aggregated.tsv", sep="\t")
         first, last = logged["MSE"].iloc[0], logged["MSE"].iloc[-1]
         assert last < 0.8 * first, (job, list(logged["MSE"]))
+        # the sampled evaluation_steps: a validation every 2 of the 5 steps, and at the end
+        assert set(logged["batch"]) == {1, 3, 4}, logged
         summary = pd.read_csv(maps / "test/group-test/summary-loss.tsv", sep="\t")
         assert list(summary["split"]) == ["0", "mean", "std"]
         assert math.isfinite(summary["MSE"].iloc[0])

@@ -46,6 +46,28 @@ def model_epoch(model: str, log: pd.DataFrame | None, source: Path) -> int:
     return int(log.loc[best, "epoch"])
 
 
+def model_batch(model: str, log: pd.DataFrame | None, epoch: int) -> int | None:
+    """The batch after which training validated a saved model (None: no batch column).
+
+    With ``train.evaluation_steps`` an epoch has several validation rows: a
+    best model may come from one inside the epoch; final and epoch-<e> models
+    are the epoch's end, its last row.
+    """
+    if log is None or "batch" not in log.columns:
+        return None
+    kind, value = parse_model(model)
+    rows = log[log["epoch"] == epoch]
+    if rows.empty:
+        return None
+    if kind == "best":
+        from ..train.metrics import higher_is_better
+
+        column = log[value]
+        best = column.idxmax() if higher_is_better(value) else column.idxmin()
+        return int(log.loc[best, "batch"])
+    return int(rows["batch"].max())
+
+
 def _evaluate(*args: Any, **kwargs: Any) -> tuple[dict[str, float], pd.DataFrame, dict]:
     """``_evaluate_parts`` without the part-level details."""
     return _evaluate_parts(*args, **kwargs)[:3]
@@ -160,12 +182,13 @@ def validate_checkpoints(
             continue
         if trained is not None and trained_details is None and logs.details_tsv.exists():
             trained_details = io.read_tsv(logs.details_tsv)
-        found = _training_validation(trained, trained_details, epoch)
+        batch = model_batch(model, trained, epoch)
+        found = _training_validation(trained, trained_details, epoch, batch)
         parts = None
         if found is not None and mode != "image":
             if trained_parts is None and part_log.exists():
                 trained_parts = io.read_tsv(part_log)
-            parts = _epoch_rows(trained_parts, epoch)
+            parts = _epoch_rows(trained_parts, epoch, batch)
             found = None if parts is None else found
         if found is not None:
             aggregated, details = found
@@ -216,10 +239,16 @@ def _mode(maps_dir: str | Path) -> str:
     return recorded(maps_dir)[0].mode
 
 
-def _epoch_rows(frame: pd.DataFrame | None, epoch: int) -> pd.DataFrame | None:
+def _epoch_rows(
+    frame: pd.DataFrame | None, epoch: int, batch: int | None = None
+) -> pd.DataFrame | None:
+    """The rows of one validation of training: its epoch and, where logged, its batch."""
     if frame is None:
         return None
-    rows = frame[frame["epoch"] == epoch]
+    selected = frame["epoch"] == epoch
+    if batch is not None and "batch" in frame.columns:
+        selected &= frame["batch"] == batch
+    rows = frame[selected]
     return None if rows.empty else rows.reset_index(drop=True)
 
 
@@ -234,22 +263,25 @@ def _evaluated(files: Any, model_pt: Path, epoch: int) -> bool:
 
 
 def _training_validation(
-    aggregated: pd.DataFrame | None, details: pd.DataFrame | None, epoch: int
+    aggregated: pd.DataFrame | None,
+    details: pd.DataFrame | None,
+    epoch: int,
+    batch: int | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """The rows training logged when it validated at ``epoch``, if it did.
+    """The rows training logged when it validated at ``epoch`` (and ``batch``), if it did.
 
     A saved model (best-<metric>, epoch-<e>, final) is written after that
-    epoch's validation without further weight updates, so its metrics and
-    per-image predictions are exactly those rows: no need to start torch
-    and predict again.
+    validation without further weight updates, so its metrics and per-image
+    predictions are exactly those rows: no need to start torch and predict
+    again.
     """
     if aggregated is None or details is None:
         return None
-    aggregated = aggregated[aggregated["epoch"] == epoch]
-    details = details[details["epoch"] == epoch]
-    if len(aggregated) != 1 or details.empty:
+    aggregated = _epoch_rows(aggregated, epoch, batch)
+    details = _epoch_rows(details, epoch, batch)
+    if aggregated is None or len(aggregated) != 1 or details is None:
         return None
-    return aggregated.reset_index(drop=True), details.reset_index(drop=True)
+    return aggregated, details
 
 
 def register_test_group(
