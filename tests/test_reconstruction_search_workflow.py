@@ -1,7 +1,7 @@
 """A random search of autoencoders (data.task: reconstruction) through real snakemake.
 
 The runs are sampled from a ClinicaDL ``random_search.json`` whose
-``network_type`` is ``autoencoder``, trained, validated and tested in one DAG,
+``network_type`` is ``autoencoder``, trained and validated in one DAG,
 and ranked by their validation loss, lowest first. A classification search
 that samples an autoencoder stops before any job, naming the fix.
 """
@@ -30,9 +30,13 @@ SPACE = {
     # CNN's convolutions only, as ClinicaDL builds it (model.json says so).
     "n_fcblocks": [1, 2],
 }
+# No held-out group: the transfer tests test an autoencoder's MAPS on one.
 SEARCH = {
     **TINY,
-    "data": {**TINY["data"], "task": "reconstruction"},
+    "data": {
+        "synthetic": {**TINY["data"]["synthetic"], "n_test_participants": 0},
+        "task": "reconstruction",
+    },
     "model": {"network_type": "autoencoder"},
     "split": {"n_splits": 1},
     "random_search": {"n_runs": 2, "seed": 3, "space": SPACE},
@@ -72,7 +76,7 @@ def test_autoencoder_runs_are_ranked_by_validation_loss(search):
     assert (search / f"reports/{LAUNCH}/ranked_runs.png").stat().st_size > 10_000
 
 
-def test_every_sampled_autoencoder_learns_and_is_tested(search):
+def test_every_sampled_autoencoder_learns(search):
     for job in ("job-0", "job-1"):
         maps = search / LAUNCH / job / "maps"
         model = json.loads((maps / "model.json").read_text())
@@ -83,9 +87,6 @@ def test_every_sampled_autoencoder_learns_and_is_tested(search):
         assert last < 0.8 * first, (job, list(logged["MSE"]))
         # the sampled evaluation_steps: a validation every 2 of the 5 steps, and at the end
         assert set(logged["batch"]) == {1, 3, 4}, logged
-        summary = pd.read_csv(maps / "test/group-test/summary-loss.tsv", sep="\t")
-        assert list(summary["split"]) == ["0", "mean", "std"]
-        assert math.isfinite(summary["MSE"].iloc[0])
 
 
 def test_a_classification_search_that_samples_an_autoencoder_stops_naming_the_fix(tmp_path):
