@@ -184,6 +184,21 @@ def test_rerun_has_nothing_to_do(demo):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
+def test_a_deleted_best_model_retrains_its_split_and_what_reads_it(demo, tmp_path):
+    """Each rule takes every declared file it reads: a deleted one is made again.
+
+    Without the model among validate's inputs, validate would copy training's
+    rows for a model that is gone and train nothing.
+    """
+    workdir, _ = demo
+    copy = tmp_path / "copy"
+    shutil.copytree(workdir, copy, symlinks=True)
+    shutil.rmtree(copy / "results/maps/training/split-1/models/best_models/best-loss")
+    jobs = planned_jobs(copy, DEMO)
+    assert jobs["train"] == 1 and jobs["validate"] == 1 and jobs["test"] == 1, jobs
+    assert "split" not in jobs, jobs
+
+
 def test_provenance_records_each_step(demo):
     workdir, _ = demo
     maps = Maps(workdir / "results" / "maps")

@@ -274,27 +274,34 @@ def transfer_source(wildcards):
     return str(model)
 
 
-# A job writes all its outputs or none, and Snakemake checks every output of a
-# job it plans: one output stands for the job. A rule downstream of many jobs
-# takes one file of each, which keeps the DAG of a 1,000-run search cheap to
-# plan (every input file is matched against every rule's outputs).
+# Each rule's inputs are the declared outputs it reads, so that a deleted or
+# changed file reruns what made it and what reads it.
 
 
-def trained_splits(wildcards):
-    """One model of every split's train job: rule validate reads them all."""
+def trained_models(wildcards):
+    """Every model every split's train job declares: rule validate reads them all."""
     return [
-        f"{wildcards.maps}/training/split-{k}/models/final/model.pt" for k in SPLITS
+        f"{wildcards.maps}/training/split-{k}/models/{d}/model.pt"
+        for k in SPLITS
+        for d in MODEL_DIRS
     ]
 
 
-def validated(maps):
-    """One output of the validate job of ``maps``: all its splits are trained and validated."""
-    return f"{maps}/training/split-0/models/final/validation_metrics/aggregated.tsv"
+def validation_of(maps, models=MODEL_DIRS):
+    """The validation aggregated.tsv of ``models`` (model folders) of every split of ``maps``."""
+    return [
+        f"{maps}/training/split-{k}/models/{d}/validation_metrics/aggregated.tsv"
+        for k in SPLITS
+        for d in models
+    ]
 
 
-def validated_maps(wildcards):
-    """Rule test reads every split's models and, for soft voting, their validation."""
-    return validated(wildcards.maps)
+def test_inputs(wildcards):
+    """Rule test: every split's models and, for soft voting (patch, roi, slice), their validation."""
+    inputs = trained_models(wildcards)
+    if experiment(wildcards.maps)["data"]["mode"] != "image":
+        inputs += validation_of(wildcards.maps)
+    return inputs
 
 
 def group_results(wildcards):
@@ -502,19 +509,23 @@ def random_search_maps_not_failed():
 
 
 def random_search_test_summaries(wildcards):
-    """Every test group evaluated on every run's MAPS that did not fail (one summary per job)."""
+    """Every test group evaluated on every run's MAPS that did not fail."""
     return [
-        f"{maps}/test/group-{group}/summary-{MONITOR[0]}.tsv"
+        f"{maps}/test/group-{group}/summary-{metric}.tsv"
         for maps in random_search_maps_not_failed()
         for group in test_groups()
+        for metric in MONITOR
     ]
 
 
 def random_search_inputs(wildcards):
-    """Every run's options, and the validation of the runs that did not fail (one file each)."""
+    """Every run's options, and the validated best models of the runs that did not fail."""
     inputs = [f"{LAUNCH_DIR}/random_search.json"]
     inputs += [f"{LAUNCH_DIR}/{job}/options.json" for job in random_search_runs()]
-    return inputs + [validated(maps) for maps in random_search_maps_not_failed()]
+    selected = [f"best_models/best-{metric}" for metric in SELECTION_METRICS]
+    for maps in random_search_maps_not_failed():
+        inputs += validation_of(maps, selected)
+    return inputs
 
 
 def project_lock_files(wildcards):

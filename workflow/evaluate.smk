@@ -2,11 +2,11 @@
 
 
 # One validate job per MAPS, and one test job per MAPS and group, for every
-# split: each reads the split's models in turn. Fewer, larger jobs keep the DAG
-# of a 1,000-run search small; a rerun skips what is already evaluated.
+# split: each reads the splits' models in turn. Fewer, larger jobs keep the
+# DAG of a 1,000-run search small; validation mostly copies training's rows.
 rule validate:
     input:
-        trained_splits,
+        trained_models,
     output:
         expand(
             "{{maps}}/training/split-{split}/models/{model}/validation_metrics/aggregated.tsv",
@@ -55,9 +55,9 @@ rule register_test_group:
 rule test:
     input:
         group="{maps}/test/group-{group}/data.tsv",
-        # Every split's models, and their validation: soft voting (patch, roi,
-        # slice) weighs parts by their validation accuracy.
-        validated=validated_maps,
+        # Every split's models; soft voting (patch, roi, slice) weighs parts
+        # by their validation accuracy.
+        models=test_inputs,
     output:
         results=expand(
             "{{maps}}/test/group-{{group}}/results/split-{split}/{model}/metrics/aggregated.tsv",
