@@ -55,19 +55,23 @@ rule make:
 """
 
 
-def bare_dry_run(work: Path, n_jobs: int, timeout: float) -> dict[str, Any]:
-    """``snakemake -n`` of ``n_jobs`` trivial jobs (all included), as :func:`dry_run` runs ours."""
-    bare = work / "bare"
-    bare.mkdir(exist_ok=True)
-    (bare / "Snakefile").write_text(BARE_SNAKEFILE)
+def snakefile_dry_run(
+    folder: Path, snakefile: str, n_jobs: int, timeout: float, files: Sequence[str] = ()
+) -> dict[str, Any]:
+    """``snakemake -n`` of ``snakefile`` with ``n_jobs`` jobs in ``folder``, as :func:`dry_run`
+    runs ours; ``files`` are empty files the Snakefile needs (inputs, scripts)."""
+    folder.mkdir(exist_ok=True)
+    (folder / "Snakefile").write_text(snakefile)
+    for name in files:
+        (folder / name).write_text("")
     command = [
         sys.executable,
         "-m",
         "snakemake",
         "-s",
-        str(bare / "Snakefile"),
+        str(folder / "Snakefile"),
         "--directory",
-        str(bare),
+        str(folder),
         "-n",
         "--cores",
         "2",
@@ -77,6 +81,11 @@ def bare_dry_run(work: Path, n_jobs: int, timeout: float) -> dict[str, Any]:
         f"n_jobs={n_jobs}",
     ]
     return timed_dry_run(command, timeout)
+
+
+def bare_dry_run(work: Path, n_jobs: int, timeout: float) -> dict[str, Any]:
+    """``snakemake -n`` of ``n_jobs`` trivial jobs (all included)."""
+    return snakefile_dry_run(work / "bare", BARE_SNAKEFILE, n_jobs, timeout)
 
 
 # The same number of jobs, each shaped like a train job (an input file, three
@@ -110,28 +119,8 @@ rule make:
 
 def shaped_dry_run(work: Path, n_jobs: int, timeout: float) -> dict[str, Any]:
     """``snakemake -n`` of ``n_jobs`` jobs shaped like a train job (SHAPED_SNAKEFILE)."""
-    shaped = work / "shaped"
-    shaped.mkdir(exist_ok=True)
-    (shaped / "Snakefile").write_text(SHAPED_SNAKEFILE)
-    (shaped / "manifest.json").write_text("{}")
-    (shaped / "step.py").write_text("")
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(shaped / "Snakefile"),
-        "--directory",
-        str(shaped),
-        "-n",
-        "--cores",
-        "2",
-        "--quiet",
-        "rules",
-        "--config",
-        f"n_jobs={n_jobs}",
-    ]
-    return timed_dry_run(command, timeout)
+    files = ("manifest.json", "step.py")
+    return snakefile_dry_run(work / "shaped", SHAPED_SNAKEFILE, n_jobs, timeout, files)
 
 
 def versus_shaped(work: Path, n_runs: int, row: Mapping[str, Any], log: Any) -> Result | None:

@@ -1,6 +1,6 @@
 """Rule test: every split's saved models evaluated on one test group, then its summaries."""
 
-from snakemaps.evaluate import saved_models, test_group
+from snakemaps.evaluate import run_test_group, saved_models
 from snakemaps.steps import run_step
 
 
@@ -8,7 +8,7 @@ def main(smk):
     train = smk.params.train
     run_step(
         smk,
-        test_group,
+        run_test_group,
         maps_dir=smk.wildcards.maps,
         group=smk.wildcards.group,
         splits=smk.params.splits,

@@ -381,7 +381,7 @@ def evaluate_test_group(
     return written
 
 
-def test_group(
+def run_test_group(
     maps_dir: str | Path,
     group: str,
     splits: Sequence[int],
