@@ -47,7 +47,7 @@ def _profile_overrides(
     over, with threads, CPUs, memory and time limit (10 minutes, or the
     expression in ``runtime[rule]``) shrunk to what the test node has, plus the
     resources in ``extra[rule]``. Everything else (slurm_extra, gpu, ...) is
-    passed on unchanged.
+    passed on unchanged. The first status check comes after 1 s instead of 5 s.
     """
     import yte
 
@@ -63,7 +63,10 @@ def _profile_overrides(
             res["cpus_per_task"] = 1
         res.update((extra or {}).get(rule, {}))
         resources += [f"{rule}:{key}={value}" for key, value in res.items()]
-    args = []
+    # The shipped profile checks the jobs' state 5 s after a change, then backs
+    # off by 10 s while nothing finishes; from 1 s, each wave of the tests' jobs
+    # is seen about 4 s sooner (the CI suite has to stay under 15 minutes).
+    args = ["--slurm-init-seconds-before-status-checks", "1"]
     if threads:
         args += ["--set-threads", *threads]
     if resources:
