@@ -189,3 +189,22 @@ def test_write_analysis_on_hand_made_maps(tmp_path):
     assert ranked["BalancedAccuracy_mean"].iloc[0] == pytest.approx(0.97)
     assert ranked["n_conv"].iloc[0] == "[1, 2]"
     assert not list(launch.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def test_a_reconstruction_search_is_ranked_by_loss_and_needs_the_loss_column(tmp_path):
+    launch = tmp_path / "launch"
+    jobs = {f"job-{i}": launch / f"job-{i}" / "maps" for i in (0, 1)}
+    write_split(jobs["job-0"], 0, "loss", [{"epoch": 3, "loss": 0.30, "MSE": 0.30}])
+    write_split(jobs["job-1"], 0, "loss", [{"epoch": 2, "loss": 0.12, "MSE": 0.12}])
+    paths = write_analysis(launch, jobs, {job: {} for job in jobs}, task="reconstruction")
+    assert list(paths) == ["ranked"]
+    ranked = read_tsv(paths["ranked"])
+    assert ranked["job"].tolist() == ["job-1", "job-0"]  # lowest loss first
+    assert ranked["rank"].tolist() == [1, 2]
+    assert not (launch / "analysis_balanced_accuracy.tsv").exists()
+
+    paths["ranked"].unlink()
+    write_split(jobs["job-1"], 0, "loss", [{"epoch": 2, "MSE": 0.12}])
+    with pytest.raises(UserError, match=r"job-1/maps: .*no 'loss' column"):
+        write_analysis(launch, jobs, {job: {} for job in jobs}, task="reconstruction")
+    assert not paths["ranked"].exists()  # nothing half-written

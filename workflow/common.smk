@@ -214,11 +214,6 @@ def exp(wildcards):
     return experiment(wildcards.maps)
 
 
-def splits(maps):
-    """The splits of a MAPS: the config's for every experiment (checked for each run)."""
-    return SPLITS
-
-
 def table_of(wildcards):
     return dataset_spec(wildcards.dataset)[1]["table"]
 
@@ -364,12 +359,7 @@ def interpretation_dirs(wildcards):
 
 def maps_targets(maps):
     """Every final output of one MAPS: validation and test results, summaries, env, maps."""
-    targets = [f"{maps}/env/environment.txt"]
-    for k in splits(maps):
-        targets += [
-            f"{maps}/training/split-{k}/models/{d}/validation_metrics/aggregated.tsv"
-            for d in MODEL_DIRS
-        ]
+    targets = [f"{maps}/env/environment.txt", *validation_of(maps)]
     for group in test_groups():
         targets += [
             f"{maps}/test/group-{group}/summary-{metric}.tsv" for metric in MONITOR

@@ -35,11 +35,7 @@ PER_MODEL_FIGURE = {
 
 rule report_learning_curves:
     input:
-        lambda wildcards: [
-            f"{wildcards.maps}/training/split-{k}/models/{d}/validation_metrics/aggregated.tsv"
-            for k in splits(wildcards.maps)
-            for d in MODEL_DIRS
-        ],
+        lambda wildcards: validation_of(wildcards.maps),
     output:
         report(
             "reports/{maps}/learning_curves.png",
@@ -53,7 +49,7 @@ rule report_learning_curves:
     conda:
         "../envs/snakemaps.yaml"
     params:
-        splits=lambda wildcards: splits(wildcards.maps),
+        splits=SPLITS,
     script:
         "../scripts/report_learning_curves.py"
 
@@ -77,7 +73,7 @@ rule report_test_metrics:
     conda:
         "../envs/snakemaps.yaml"
     params:
-        splits=lambda wildcards: splits(wildcards.maps),
+        splits=SPLITS,
         models=MODEL_NAMES,
     script:
         "../scripts/report_test_metrics.py"
@@ -88,7 +84,7 @@ rule report_test_figure:
         lambda wildcards: [
             f"{wildcards.maps}/test/group-{wildcards.group}/results/split-{k}/"
             f"{wildcards.model}/metrics/aggregated.tsv"
-            for k in splits(wildcards.maps)
+            for k in SPLITS
         ],
     output:
         report(
@@ -106,7 +102,7 @@ rule report_test_figure:
     conda:
         "../envs/snakemaps.yaml"
     params:
-        splits=lambda wildcards: splits(wildcards.maps),
+        splits=SPLITS,
     script:
         "../scripts/report_test_figure.py"
 

@@ -39,11 +39,15 @@ def model_epoch(model: str, log: pd.DataFrame | None, source: Path) -> int:
         )
     if kind == "final":
         return int(log["epoch"].max())
+    return int(log.loc[_best_row(log, value), "epoch"])
+
+
+def _best_row(log: pd.DataFrame, metric: str) -> Any:
+    """The index of the validation row a best-<metric> model was saved after."""
     from ..train.metrics import higher_is_better
 
-    column = log[value]
-    best = column.idxmax() if higher_is_better(value) else column.idxmin()
-    return int(log.loc[best, "epoch"])
+    column = log[metric]
+    return column.idxmax() if higher_is_better(metric) else column.idxmin()
 
 
 def model_batch(model: str, log: pd.DataFrame | None, epoch: int) -> int | None:
@@ -60,11 +64,7 @@ def model_batch(model: str, log: pd.DataFrame | None, epoch: int) -> int | None:
     if rows.empty:
         return None
     if kind == "best":
-        from ..train.metrics import higher_is_better
-
-        column = log[value]
-        best = column.idxmax() if higher_is_better(value) else column.idxmin()
-        return int(log.loc[best, "batch"])
+        return int(log.loc[_best_row(log, value), "batch"])
     return int(rows["batch"].max())
 
 

@@ -140,7 +140,10 @@ def _require(path: Path, hint: str) -> Path:
 
 
 def _read_tsv(path: Path, hint: str, columns: Sequence[str] = ()) -> pd.DataFrame:
-    frame = io.read_tsv(_require(path, hint))
+    return _require_columns(io.read_tsv(_require(path, hint)), path, columns)
+
+
+def _require_columns(frame: pd.DataFrame, path: Path, columns: Sequence[str]) -> pd.DataFrame:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise UserError(
@@ -826,13 +829,13 @@ def random_search_ranking(ranked_tsv: str | Path, out: str | Path) -> Path:
     search of another task by the validation loss of its best-loss models.
     """
     path = Path(ranked_tsv)
-    header = pd.read_csv(path, sep="\t", nrows=0).columns if path.is_file() else []
-    metric = "BalancedAccuracy" if "BalancedAccuracy_mean" in header or not len(header) else "loss"
     frame = _read_tsv(
         path,
         "the random search's ranked table, written by rule analyse_random_search",
-        ["job", "status", f"{metric}_mean"],
+        ["job", "status"],
     )
+    metric = "BalancedAccuracy" if "BalancedAccuracy_mean" in frame.columns else "loss"
+    _require_columns(frame, path, [f"{metric}_mean"])
     frame = frame.iloc[::-1].reset_index(drop=True)  # best run at the top
     fig = _new_figure(7.5, 1.2 + 0.35 * len(frame))
     ax = fig.add_subplot()

@@ -15,7 +15,7 @@ classification search:
 A search of another task (``data.task: reconstruction``, an autoencoder per
 run, or ``regression``) has no balanced accuracy: it writes ``ranked_runs.tsv``
 alone, from each split's best-loss model, lowest mean loss first
-(``SELECTION``, ``analysis_files``).
+(``selection_metrics``, ``analysis_files``).
 
 The threshold tables resolve an ambiguity of ClinicaDL's documentation (its
 first column is called ``run`` but holds the job name, while the text says
@@ -56,9 +56,6 @@ ANALYSIS_FILES = {
     "loss": "analysis_loss.tsv",
     "ranked": "ranked_runs.tsv",
 }
-# The validation metric that ranks a search's runs, by task (the best model of
-# each split it is read from is best-<metric>).
-SELECTION = {"classification": BALANCED_ACCURACY, "regression": "loss", "reconstruction": "loss"}
 
 
 def analysis_files(task: str) -> dict[str, str]:
