@@ -88,9 +88,9 @@ def test_an_unknown_rule_in_snakemaps_submit_is_refused_naming_it(tmp_path, monk
     """SNAKEMAPS_SUBMIT names local rules to submit anyway; a typo must not be ignored."""
     from conftest import TINY, run_snakemake
 
-    monkeypatch.setenv("SNAKEMAPS_SUBMIT", "validate,valdiate")
+    monkeypatch.setenv("SNAKEMAPS_SUBMIT", "environment,enviroment")
     result = run_snakemake(tmp_path, "-n", config=TINY)
     output = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "SNAKEMAPS_SUBMIT names ['valdiate'], which are not rules that run locally" in output
+    assert "SNAKEMAPS_SUBMIT names ['enviroment'], which are not rules that run locally" in output
     assert not (tmp_path / "results").exists()

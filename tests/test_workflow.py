@@ -184,18 +184,31 @@ def test_rerun_has_nothing_to_do(demo):
     assert "Nothing to be done" in result.stdout + result.stderr
 
 
-def test_a_deleted_best_model_retrains_its_split_and_what_reads_it(demo, tmp_path):
-    """Each rule takes every declared file it reads: a deleted one is made again.
+@pytest.mark.parametrize(
+    "deleted",
+    [
+        "training/split-1/models/best_models/best-loss",
+        "training/split-1/models/best_models/best-loss/validation_metrics/aggregated.tsv",
+    ],
+)
+def test_a_deleted_best_model_retrains_its_split_and_what_reads_it(demo, tmp_path, deleted):
+    """A deleted model or validation file is made again by its train job, then its readers.
 
-    Without the model among validate's inputs, validate would copy training's
-    rows for a model that is gone and train nothing.
+    Rule test takes one file per train job (the final model, see final_models
+    in common.smk); the train job, missing one of its outputs, runs again
+    (resuming from its checkpoint), and the test job after it.
     """
     workdir, _ = demo
     copy = tmp_path / "copy"
     shutil.copytree(workdir, copy, symlinks=True)
-    shutil.rmtree(copy / "results/maps/training/split-1/models/best_models/best-loss")
+    target = copy / "results/maps" / deleted
+    if target.is_dir():
+        shutil.rmtree(target)
+    else:
+        target.unlink()
     jobs = planned_jobs(copy, DEMO)
-    assert jobs["train"] == 1 and jobs["validate"] == 1 and jobs["test"] == 1, jobs
+    assert jobs["train"] == 1 and jobs["test"] == 1, jobs
+    assert "validate" not in jobs, jobs
     assert "split" not in jobs, jobs
 
 

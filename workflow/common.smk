@@ -2,12 +2,14 @@
 # MAPS each), input functions and wildcard constraints. Only torch-free parts
 # of the snakemaps package are imported here, so building the DAG stays fast.
 import functools
+import inspect
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
+from snakemake.common import overwrite_function_params
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -44,7 +46,7 @@ POSITIVE_CLASS = config["data"]["positive_class"] or ("AD" if SYNTHETIC else Non
 MODEL_NAMES = [f"best-{metric}" for metric in MONITOR] + ["final"]
 MODEL_DIRS = [f"best_models/best-{metric}" for metric in MONITOR] + ["final"]
 # Every experiment of this workflow (maps_dir and each random-search run) has
-# the config's splits: rules validate and test declare all of them.
+# the config's splits: rule test declares all of them.
 SPLITS = list(range(config["split"]["n_splits"]))
 # The experiments of this run, by MAPS directory; random search adds its runs.
 EXPERIMENTS = {MAPS_DIR: config}
@@ -100,11 +102,29 @@ def check_modes(settings, where=""):
 check_modes(config)
 
 
+def planned(function):
+    """``function``, a rule's input, params, threads or resources function, with
+    its signature handed to Snakemake once.
+
+    Snakemake otherwise inspects the signature on every call, once per job and
+    function: 25,000 times for the train jobs of a 1,000-run, 5-split search.
+    """
+    overwrite_function_params(function, inspect.signature(function).parameters)
+    return function
+
+
+def section(name):
+    """A params function: the ``name`` section of the job's experiment config."""
+    return planned(lambda wildcards: exp(wildcards)[name])
+
+
+@planned
 def train_processes(wildcards):
     """A train job's threads: one per rank of train.distributed on this node."""
     return exp(wildcards)["train"]["distributed"]["processes"]
 
 
+@planned
 def train_gpus(wildcards):
     """A train job's GPUs: one per rank on this node where a GPU is visible."""
     return GPUS_PER_JOB * train_processes(wildcards)
@@ -118,6 +138,7 @@ def test_groups():
     return groups
 
 
+@planned
 def demo_params(wildcards):
     """The synthetic config one demo table depends on: the training cohort ignores the test size."""
     synthetic = dict(config["data"]["synthetic"])
@@ -202,6 +223,7 @@ def experiment(maps):
     )
 
 
+@planned
 def failure_marker(wildcards):
     """Where a random-search run records why it failed ("" outside random search)."""
     job = Path(wildcards.maps).parent
@@ -214,14 +236,17 @@ def exp(wildcards):
     return experiment(wildcards.maps)
 
 
+@planned
 def table_of(wildcards):
     return dataset_spec(wildcards.dataset)[1]["table"]
 
 
+@planned
 def table_key(wildcards):
     return dataset_spec(wildcards.dataset)[0]
 
 
+@planned
 def prepare_params(wildcards):
     """prepare_cache's settings of one data set, less its table (the rule's input)."""
     settings = dict(dataset_spec(wildcards.dataset)[1])
@@ -229,10 +254,12 @@ def prepare_params(wildcards):
     return settings
 
 
+@planned
 def train_manifest(wildcards):
     return f"{DATA_DIR}/cache/{dataset_names_of(exp(wildcards))['train']}/manifest.tsv"
 
 
+@planned
 def group_manifest(wildcards):
     name = dataset_names_of(exp(wildcards))[f"group-{wildcards.group}"]
     return f"{DATA_DIR}/cache/{name}/manifest.tsv"
@@ -244,6 +271,7 @@ def group_manifest(wildcards):
 OWN_MAPS = rf"{re.escape(MAPS_DIR)}|{re.escape(LAUNCH_DIR)}/job-\d+/maps"
 
 
+@planned
 def transfer_source(wildcards):
     """The model train.transfer_learning starts split k from ([] when it is off).
 
@@ -269,17 +297,9 @@ def transfer_source(wildcards):
     return str(model)
 
 
-# Each rule's inputs are the declared outputs it reads, so that a deleted or
-# changed file reruns what made it and what reads it.
-
-
-def trained_models(wildcards):
-    """Every model every split's train job declares: rule validate reads them all."""
-    return [
-        f"{wildcards.maps}/training/split-{k}/models/{d}/model.pt"
-        for k in SPLITS
-        for d in MODEL_DIRS
-    ]
+# Each rule's inputs are the declared outputs it reads (or, for a train job's
+# outputs, its final model: see final_models), so that a deleted or changed
+# file reruns what made it and what reads it.
 
 
 def validation_of(maps, models=MODEL_DIRS):
@@ -291,14 +311,26 @@ def validation_of(maps, models=MODEL_DIRS):
     ]
 
 
+def final_models(maps):
+    """Every split's final model: the file that stands for all its train job writes.
+
+    A train job writes its final model, best models and their validation
+    metrics. A rule that reads some of them takes the final models as input:
+    Snakemake reruns a job when any of its declared outputs is missing, then
+    whatever reads one of them, so a deleted best model or validation file is
+    made again and its readers rerun; one input per split instead of every
+    file keeps the DAG of a 1,000-run search small.
+    """
+    return [f"{maps}/training/split-{k}/models/final/model.pt" for k in SPLITS]
+
+
+@planned
 def test_inputs(wildcards):
-    """Rule test: every split's models and, for soft voting (patch, roi, slice), their validation."""
-    inputs = trained_models(wildcards)
-    if experiment(wildcards.maps)["data"]["mode"] != "image":
-        inputs += validation_of(wildcards.maps)
-    return inputs
+    """Rule test: every split's train job (its models and, for soft voting, their validation)."""
+    return final_models(wildcards.maps)
 
 
+@planned
 def group_results(wildcards):
     """Every split's test results of one group: what its summaries and figures read."""
     return [
@@ -308,6 +340,7 @@ def group_results(wildcards):
     ]
 
 
+@planned
 def interpreted_model(wildcards):
     """The weights rule interpret reads; epoch-<e> models exist once final is written."""
     model = wildcards.model
@@ -344,6 +377,7 @@ def interpret_targets(maps):
     ]
 
 
+@planned
 def interpretation_dirs(wildcards):
     """The interpret-<method>/ folders of one (maps, group, split, model)."""
     from snakemaps.interpret import output_dirs
@@ -509,12 +543,12 @@ def random_search_test_summaries(wildcards):
 
 
 def random_search_inputs(wildcards):
-    """Every run's options, and the validated best models of the runs that did not fail."""
+    """Every run's options, and the train jobs (their validated best models) of the runs that
+    did not fail."""
     inputs = [f"{LAUNCH_DIR}/random_search.json"]
     inputs += [f"{LAUNCH_DIR}/{job}/options.json" for job in random_search_runs()]
-    selected = [f"best_models/best-{metric}" for metric in SELECTION_METRICS]
     for maps in random_search_maps_not_failed():
-        inputs += validation_of(maps, selected)
+        inputs += final_models(maps)
     return inputs
 
 
@@ -541,13 +575,12 @@ def warn_if_environment_changed(maps):
 
 # Steps that need no GPU and take seconds run on the host that runs Snakemake,
 # whatever the executor: under profiles/slurm only train and test jobs are
-# submitted. SNAKEMAPS_SUBMIT="validate,environment" submits those rules too.
+# submitted. SNAKEMAPS_SUBMIT="split,environment" submits those rules too.
 LOCAL_RULES = [
     "all",
     "generate_demo",
     "prepare",
     "split",
-    "validate",
     "register_test_group",
     "environment",
     "random_search",

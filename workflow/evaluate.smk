@@ -1,32 +1,5 @@
-# Stages 3 and 4: evaluate saved models on validation sets and test groups.
-
-
-# One validate job per MAPS, and one test job per MAPS and group, for every
-# split: each reads the splits' models in turn. Fewer, larger jobs keep the
-# DAG of a 1,000-run search small; validation mostly copies training's rows.
-rule validate:
-    input:
-        trained_models,
-    output:
-        expand(
-            "{{maps}}/training/split-{split}/models/{model}/validation_metrics/aggregated.tsv",
-            split=SPLITS,
-            model=MODEL_DIRS,
-        ),
-    log:
-        "logs/{maps}/validate.log",
-    conda:
-        "../envs/snakemaps.yaml"
-    threads: 1
-    resources:
-        gpu=GPUS_PER_JOB,
-        mem_mb=4000,
-        runtime=60,
-    params:
-        train=lambda wildcards: exp(wildcards)["train"],
-        splits=SPLITS,
-    script:
-        "../scripts/validate.py"
+# Stage 4: evaluate the saved models on the test groups. Stage 3, validation,
+# is the end of each train job (train.smk).
 
 
 # The test group's own checks (no participant of the split, only training's
@@ -47,16 +20,19 @@ rule register_test_group:
     conda:
         "../envs/snakemaps.yaml"
     params:
-        train=lambda wildcards: exp(wildcards)["train"],
+        train=section("train"),
     script:
         "../scripts/register_test_group.py"
 
 
+# One test job per MAPS and group, for every split: it evaluates each split's
+# models in turn, then writes the summaries. Fewer, larger jobs keep the DAG of
+# a 1,000-run search small.
 rule test:
     input:
         group="{maps}/test/group-{group}/data.tsv",
-        # Every split's models; soft voting (patch, roi, slice) weighs parts
-        # by their validation accuracy.
+        # One declared file per train job (its final model) stands for all it
+        # writes, soft voting's validation included: see final_models.
         models=test_inputs,
     output:
         results=expand(
@@ -77,7 +53,7 @@ rule test:
         mem_mb=4000,
         runtime=60,
     params:
-        train=lambda wildcards: exp(wildcards)["train"],
+        train=section("train"),
         splits=SPLITS,
         metrics=MONITOR,
     script:

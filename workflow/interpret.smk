@@ -28,7 +28,7 @@ rule interpret:
         mem_mb=4000,
         runtime=60,
     params:
-        interpret=lambda wildcards: exp(wildcards)["interpret"],
-        train=lambda wildcards: exp(wildcards)["train"],
+        interpret=section("interpret"),
+        train=section("train"),
     script:
         "../scripts/interpret.py"

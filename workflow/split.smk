@@ -18,11 +18,11 @@ rule split:
     conda:
         "../envs/snakemaps.yaml"
     params:
-        split=lambda wildcards: exp(wildcards)["split"],
-        model=lambda wildcards: exp(wildcards)["model"],
-        train=lambda wildcards: exp(wildcards)["train"],
+        split=section("split"),
+        model=section("model"),
+        train=section("train"),
         positive_class=POSITIVE_CLASS,
-        task=lambda wildcards: exp(wildcards)["data"]["task"],
-        modes=lambda wildcards: mode_settings(exp(wildcards)),
+        task=planned(lambda wildcards: exp(wildcards)["data"]["task"]),
+        modes=planned(lambda wildcards: mode_settings(exp(wildcards))),
     script:
         "../scripts/split.py"

@@ -1,6 +1,8 @@
-# Stage 2: one training job per split. Only files written at the end or
-# restored from the resume checkpoint are declared, so tmp/ and the logs
-# survive a failed job and a rerun resumes.
+# Stages 2 and 3: one training job per split, which ends by writing the
+# validation metrics of every model it saved (mostly training's own rows for
+# that epoch). Only files written at the end or restored from the resume
+# checkpoint are declared, so tmp/ and the logs survive a failed job and a
+# rerun resumes.
 
 
 rule train:
@@ -13,6 +15,10 @@ rule train:
         best=expand(
             "{{maps}}/training/split-{{split}}/models/best_models/best-{metric}/model.pt",
             metric=MONITOR,
+        ),
+        validation=expand(
+            "{{maps}}/training/split-{{split}}/models/{model}/validation_metrics/aggregated.tsv",
+            model=MODEL_DIRS,
         ),
     log:
         "logs/{maps}/train_split-{split}.log",
@@ -28,7 +34,7 @@ rule train:
         mem_mb=4000,
         runtime=240,
     params:
-        train=lambda wildcards: exp(wildcards)["train"],
+        train=section("train"),
         failure_marker=failure_marker,
     script:
         "../scripts/train.py"

@@ -214,25 +214,6 @@ def validate_checkpoints(
     return written
 
 
-def validate_splits(
-    maps_dir: str | Path,
-    splits: Sequence[int],
-    models: Sequence[str],
-    *,
-    device: str = "auto",
-    batch_size: int = 8,
-    threads: int = 1,
-) -> list[Path]:
-    """:func:`validate_checkpoints` for each split in turn (rule validate, one job per MAPS)."""
-    written = []
-    for done, split in enumerate(splits, start=1):
-        written += validate_checkpoints(
-            maps_dir, split, models, device=device, batch_size=batch_size, threads=threads
-        )
-        logger.info("split-%d validated (%d/%d splits)", split, done, len(splits))
-    return written
-
-
 def _mode(maps_dir: str | Path) -> str:
     from ..data.extraction import recorded
 

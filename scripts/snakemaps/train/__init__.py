@@ -93,11 +93,33 @@ def train_split(
                 "split-%d was finished by the job this one waited for: nothing left to train",
                 split,
             )
-            return final
-        if distributed.world_size(train["distributed"]) == 1:
-            return train_rank(threads=threads, **kwargs)
-        distributed.launch(kwargs, train, threads, os.environ, str(log_file) if log_file else None)
+        elif distributed.world_size(train["distributed"]) == 1:
+            train_rank(threads=threads, **kwargs)
+        else:
+            distributed.launch(
+                kwargs, train, threads, os.environ, str(log_file) if log_file else None
+            )
+        validate_split(maps_dir, split, train, threads)
         return final
+
+
+def validate_split(maps_dir: str | Path, split: int, train: Mapping[str, Any], threads: int) -> None:
+    """The end of a train job: ``validation_metrics/`` beside every model the split saved.
+
+    Mostly training's own validation rows of that epoch (the same weights);
+    a model training did not validate is evaluated afresh, and one already
+    evaluated is kept (``snakemaps.evaluate.validate_checkpoints``).
+    """
+    from ..evaluate import saved_models, validate_checkpoints
+
+    validate_checkpoints(
+        maps_dir,
+        split,
+        saved_models(train),
+        device=train["device"],
+        batch_size=train["batch_size"],
+        threads=threads,
+    )
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
