@@ -57,7 +57,7 @@ PLANS = {
         "resume_kill_at": 3,
         "dag_runs": [100, 1000],
         "dag_single_job_runs": [100],
-        "dag_timeout": 20.0,
+        "dag_timeout": 60.0,
         "slurm_epochs": 2,
         "gpu_steps": 20,
         "distributed_epochs": 4,
