@@ -220,8 +220,9 @@ def test_demo_maps_complete_through_slurm(run):
     records = [
         r for name in maps.exec.runs for r in maps.open_file(maps.exec.runs[name].provenance_json)
     ]
-    # training and test ran in SLURM jobs; the small steps on the submit host
-    submitted = [r for r in records if r["step"].startswith(("train ", "test "))]
+    # training (and its validation, the end of each train job) and test ran in
+    # SLURM jobs; the small steps on the submit host
+    submitted = [r for r in records if r["step"].startswith(("train ", "validate ", "test "))]
     assert submitted and all(r["slurm_job_id"] for r in submitted), records
     assert all(not r["slurm_job_id"] for r in records if r not in submitted), records
     rules = sorted(p.name for p in (run.workdir / ".snakemake/slurm_logs").iterdir())

@@ -315,11 +315,11 @@ def final_models(maps):
     """Every split's final model: the file that stands for all its train job writes.
 
     A train job writes its final model, best models and their validation
-    metrics. A rule that reads some of them takes the final models as input:
-    Snakemake reruns a job when any of its declared outputs is missing, then
-    whatever reads one of them, so a deleted best model or validation file is
-    made again and its readers rerun; one input per split instead of every
-    file keeps the DAG of a 1,000-run search small.
+    metrics, and what reads any of them takes the final models as inputs.
+    Snakemake reruns a job when any of its declared outputs is missing, and
+    then whatever reads one of its outputs, so a deleted best model or
+    validation file is made again and its readers rerun. One input per split
+    instead of every file keeps the DAG of a 1,000-run search small.
     """
     return [f"{maps}/training/split-{k}/models/final/model.pt" for k in SPLITS]
 

@@ -89,11 +89,13 @@ def train_split(
     }
     with own_split(split_dir.tmp.path, split) as ownership:
         if ownership.waited_for is not None and final.exists() and _stamp(final) != before:
+            # That job validated the models too, as the end of its training.
             logger.info(
                 "split-%d was finished by the job this one waited for: nothing left to train",
                 split,
             )
-        elif distributed.world_size(train["distributed"]) == 1:
+            return final
+        if distributed.world_size(train["distributed"]) == 1:
             train_rank(threads=threads, **kwargs)
         else:
             distributed.launch(
