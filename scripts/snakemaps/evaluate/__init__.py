@@ -337,7 +337,8 @@ def evaluate_test_group(
             if not source.exists():
                 raise UserError(
                     f"missing {source}: the test group's soft voting weighs each {mode} by "
-                    f"its validation balanced accuracy; run the validate step of split-{split}"
+                    f"its validation balanced accuracy, which split-{split}'s train job writes as "
+                    "it ends; train that split again (delete its final model and rerun)"
                 )
             reference = io.read_tsv(source)
         values, details, computational, parts = _evaluate_parts(

@@ -185,8 +185,8 @@ def prune_part_log(log: Any, callbacks: Sequence[Any]) -> None:
 
     A validation has one row per image and part (129 sagittal slices of a
     t1-linear image): kept for every epoch, the log rewritten at each flush
-    would grow with epochs squared. The validate step reads the rows of the
-    best-<metric>, epoch-<e> and final models' epochs only.
+    would grow with epochs squared. The validation at the end of the train job
+    reads the rows of the best-<metric>, epoch-<e> and final models' epochs only.
     """
     from ..train.callbacks import ModelCheckpoint
 

@@ -105,7 +105,9 @@ def train_split(
         return final
 
 
-def validate_split(maps_dir: str | Path, split: int, train: Mapping[str, Any], threads: int) -> None:
+def validate_split(
+    maps_dir: str | Path, split: int, train: Mapping[str, Any], threads: int
+) -> None:
     """The end of a train job: ``validation_metrics/`` beside every model the split saved.
 
     Mostly training's own validation rows of that epoch (the same weights);
