@@ -196,7 +196,8 @@ def test_a_deleted_best_model_retrains_its_split_and_what_reads_it(demo, tmp_pat
 
     Rule test takes one file per train job (the final model, see final_models
     in common.smk); the train job, missing one of its outputs, runs again
-    (resuming from its checkpoint), and the test job after it.
+    (training from scratch: its checkpoints go when training ends), and the
+    test job after it.
     """
     workdir, _ = demo
     copy = tmp_path / "copy"

@@ -302,12 +302,12 @@ def transfer_source(wildcards):
 # file reruns what made it and what reads it.
 
 
-def validation_of(maps, models=MODEL_DIRS):
-    """The validation aggregated.tsv of ``models`` (model folders) of every split of ``maps``."""
+def validation_of(maps):
+    """The validation aggregated.tsv of every saved model of every split of ``maps``."""
     return [
         f"{maps}/training/split-{k}/models/{d}/validation_metrics/aggregated.tsv"
         for k in SPLITS
-        for d in models
+        for d in MODEL_DIRS
     ]
 
 
